@@ -1,0 +1,112 @@
+//! Command-line syntax of `scoutgw`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use scoutgw_cluster::mkfs::QuorumSlot;
+
+use crate::size::parse_size;
+
+/// scoutgw: a clustered file gateway (scoutfs-style filesystem on shared block devices,
+/// exported over NFSv3 and HTTP).
+#[derive(Debug, Parser)]
+#[command(name = "scoutgw", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a new filesystem onto a metadata device and a data device.
+    ///
+    /// Refuses to overwrite an existing scoutgw filesystem unless --force is given. Every
+    /// check happens before anything is written: a refused mkfs leaves the devices untouched.
+    Mkfs(MkfsArgs),
+
+    /// Show the super block, quorum blocks and a summary of every tree of a filesystem.
+    ///
+    /// Every block read is verified; problems are listed and make the exit code 1.
+    Print(PrintArgs),
+
+    /// Set up a one-node filesystem on device files under a local folder and show it.
+    ///
+    /// Creates DIR/meta.dev and DIR/data.dev as sparse files if they are missing, makes a
+    /// one-slot filesystem on them unless one is already there, and prints it. Running it
+    /// again reuses the existing filesystem.
+    Quickstart(QuickstartArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MkfsArgs {
+    /// A quorum slot: NR,ADDR,PORT (slot 0-14, IPv4 address, UDP/TCP port). Repeat for
+    /// each quorum member; a majority of the slots must be up to elect a leader.
+    #[arg(short = 'Q', long = "quorum-slot", value_name = "NR,ADDR,PORT", required = true,
+          value_parser = parse_slot)]
+    pub slots: Vec<QuorumSlot>,
+
+    /// Overwrite an existing scoutgw filesystem.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+
+    /// Allow devices smaller than 64 GiB (down to 64 MiB metadata, 16 MiB data), for tests.
+    #[arg(short = 'A', long)]
+    pub allow_small_size: bool,
+
+    /// Use at most this much of the metadata device (e.g. 512G).
+    #[arg(short = 'm', long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_meta_size: Option<u64>,
+
+    /// Use at most this much of the data device (e.g. 10T).
+    #[arg(short = 'd', long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_data_size: Option<u64>,
+
+    /// Format version to write.
+    #[arg(short = 'V', long, value_name = "VERSION",
+          default_value_t = scoutgw_cluster::format::layout::FORMAT_VERSION_MAX)]
+    pub format_version: u64,
+
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The metadata device (block device or file).
+    pub meta_dev: PathBuf,
+
+    /// The data device (block device or file).
+    pub data_dev: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PrintArgs {
+    /// The metadata device.
+    pub meta_dev: PathBuf,
+
+    /// Print as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    /// Folder for the device files.
+    #[arg(long, default_value = "scoutgw-data")]
+    pub dir: PathBuf,
+
+    /// Size of the metadata device file (sparse).
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+    pub meta_size: u64,
+
+    /// Size of the data device file (sparse).
+    #[arg(long, value_name = "SIZE", default_value = "16G", value_parser = parse_size)]
+    pub data_size: u64,
+
+    /// Quorum address (UDP) and server port (TCP) of the single node.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:7100")]
+    pub quorum_addr: std::net::SocketAddrV4,
+}
+
+fn parse_slot(s: &str) -> Result<QuorumSlot, String> {
+    s.parse()
+        .map_err(|e: scoutgw_cluster::mkfs::MkfsError| e.to_string())
+}

@@ -1,0 +1,34 @@
+//! One module per command.
+
+pub mod mkfs;
+pub mod print;
+pub mod quickstart;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use scoutgw_blockdev::{BlockDevice, DeviceOptions, FileDevice};
+
+use crate::cli::{Cli, Command};
+use crate::CliError;
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Mkfs(a) => mkfs::run(&a),
+        Command::Print(a) => print::run(&a),
+        Command::Quickstart(a) => quickstart::run(&a),
+    }
+}
+
+/// Open a device file or block device.
+pub(crate) fn open_device(path: &Path, read_only: bool) -> Result<Arc<dyn BlockDevice>, CliError> {
+    let dev = FileDevice::open(
+        path,
+        DeviceOptions {
+            read_only,
+            direct: false,
+        },
+    )?;
+    Ok(Arc::new(dev))
+}
