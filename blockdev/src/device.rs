@@ -180,9 +180,26 @@ pub struct Faults {
     /// Writes are kept in memory and only reach the inner device at the next flush; when
     /// [`FaultyDevice::crash`] is called they are lost ("lost flush"), as after a power cut.
     pub buffer_until_flush: bool,
-    /// The next write of this many bytes or more is torn: only the first `torn_bytes`
-    /// bytes reach the device, then the write reports success.
+    /// The next write longer than this many bytes is torn: only its first bytes reach the
+    /// device, then the write reports success.
     pub tear_next_write_at: Option<usize>,
+    /// Let this many more writes (and flushes) succeed, then fail every later one with EIO,
+    /// as a node that dies part-way through a sequence of writes.
+    pub fail_after_writes: Option<usize>,
+}
+
+impl Faults {
+    /// Count one write or flush against `fail_after_writes`; true once it is used up.
+    fn countdown_expired(&mut self) -> bool {
+        match &mut self.fail_after_writes {
+            Some(0) => true,
+            Some(n) => {
+                *n -= 1;
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 /// A real device wrapped with fault injection for crash and error tests.
@@ -257,7 +274,7 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
         let mut f = self.faults.lock().expect("faults lock");
-        if f.fail_writes {
+        if f.fail_writes || f.countdown_expired() {
             return Err(self.eio("write", offset, buf.len()));
         }
         let mut data = buf;
@@ -279,9 +296,11 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
     }
 
     fn flush(&self) -> Result<(), BlockError> {
-        if self.faults.lock().expect("faults lock").fail_writes {
+        let mut f = self.faults.lock().expect("faults lock");
+        if f.fail_writes || f.countdown_expired() {
             return Err(self.eio("flush", 0, 0));
         }
+        drop(f);
         let pending = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
         for (off, data) in pending {
             self.inner.write_at(&data, off)?;
@@ -379,6 +398,23 @@ mod tests {
         fd.crash();
         fd.read_at(&mut b, 0).unwrap();
         assert_eq!(&b, b"durable");
+    }
+
+    #[test]
+    fn writes_fail_after_the_countdown() {
+        let (_f, d) = dev(65536);
+        let fd = FaultyDevice::new(d);
+        fd.set_faults(Faults {
+            fail_after_writes: Some(2),
+            ..Faults::default()
+        });
+        fd.write_at(b"a", 0).unwrap();
+        fd.flush().unwrap();
+        assert!(fd.write_at(b"b", 1).is_err());
+        assert!(fd.flush().is_err());
+        let mut b = [0u8; 2];
+        fd.read_at(&mut b, 0).unwrap();
+        assert_eq!(&b, b"a\0");
     }
 
     #[test]

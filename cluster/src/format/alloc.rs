@@ -149,6 +149,20 @@ mod tests {
         }
 
         #[test]
+        fn list_block_header_round_trips(w: [u64; 5], start: u32, nr: u32) {
+            let h = AllocListBlockHeader {
+                hdr: BlockHeader { crc: (w[0] as u32).into(), magic: ((w[0] >> 32) as u32).into(), fsid: w[1].into(), seq: w[2].into(), blkno: w[3].into() },
+                next: BlockRef::new(w[4], w[0]),
+                start: start.into(),
+                nr: nr.into(),
+            };
+            let bytes = h.as_bytes();
+            prop_assert_eq!(&bytes[48..52], &start.to_le_bytes());
+            let back = AllocListBlockHeader::read_from_bytes(bytes).unwrap();
+            prop_assert_eq!(back.as_bytes(), bytes);
+        }
+
+        #[test]
         fn extent_keys_round_trip(start in 0u64..u64::MAX / 2, len in 1u64..u64::MAX / 2) {
             let [by_blkno, by_order] = free_extent_keys(start, len);
             prop_assert_eq!(extent_of_blkno_key(&by_blkno), Some((start, len)));

@@ -398,6 +398,33 @@ mod tests {
         }
 
         #[test]
+        fn block_header_round_trips(nr: u16, level: u8, val_start: u32, total: u32, seq: u64) {
+            let mut h = BtreeBlockHeader::new_zeroed();
+            h.hdr.seq = seq.into();
+            h.nr_items = nr.into();
+            h.level = level;
+            h.val_start = val_start.into();
+            h.total_val_bytes = total.into();
+            let bytes = h.as_bytes();
+            prop_assert_eq!(&bytes[32..34], &nr.to_le_bytes());
+            prop_assert_eq!(bytes[34], level);
+            prop_assert_eq!(&bytes[36..40], &val_start.to_le_bytes());
+            let back = BtreeBlockHeader::read_from_bytes(bytes).unwrap();
+            prop_assert_eq!(back.as_bytes(), bytes);
+        }
+
+        #[test]
+        fn item_header_round_trips(k in any::<u64>(), seq: u64, off: u32, len: u16, flags: u8) {
+            let it = BtreeItem { key: key(k), seq: seq.into(), val_off: off.into(), val_len: len.into(), flags, _pad: 0 };
+            let bytes = it.as_bytes();
+            prop_assert_eq!(&bytes[32..40], &seq.to_le_bytes());
+            prop_assert_eq!(bytes[46], flags);
+            let back = BtreeItem::read_from_bytes(bytes).unwrap();
+            prop_assert_eq!(back.key, it.key);
+            prop_assert_eq!(back.as_bytes(), bytes);
+        }
+
+        #[test]
         fn root_round_trips(blkno: u64, seq: u64, height: u8) {
             let r = BtreeRoot::new(BlockRef::new(blkno, seq), height);
             let back = BtreeRoot::read_from_bytes(r.as_bytes()).unwrap();

@@ -213,7 +213,9 @@ mod tests {
             sb.log_merge.block.seq = words[16].into();
             sb.mounted_clients.block.blkno = words[17].into();
             sb.srch_root.height = words[18] as u8;
+            sb.volopt.set_bits = words[20].into();
             sb.volopt.data_alloc_zone_blocks = words[19].into();
+            sb.volopt._reserved[29] = words[21].into();
             let bytes = sb.as_bytes().to_vec();
             let back = SuperBlock::read_from_bytes(&bytes).unwrap();
             prop_assert_eq!(back, sb);
