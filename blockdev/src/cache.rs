@@ -6,7 +6,7 @@
 //! served. Writing a new version of a block replaces the entry, so at most one version of a
 //! block is cached. Capacity is a byte budget; eviction is quick_cache's CLOCK-Pro.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use quick_cache::sync::Cache;
@@ -19,6 +19,27 @@ use crate::buf::BlockBuf;
 pub struct CachedBlock {
     pub seq: u64,
     pub data: BlockBuf,
+    /// Set by the layer that interprets the body (e.g. btree item bounds) once it has checked
+    /// it, so a cached block's body is checked once, not on every use.
+    pub body_checked: AtomicBool,
+}
+
+impl CachedBlock {
+    pub fn new(seq: u64, data: BlockBuf) -> Self {
+        Self {
+            seq,
+            data,
+            body_checked: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_body_checked(&self) -> bool {
+        self.body_checked.load(Ordering::Acquire)
+    }
+
+    pub fn mark_body_checked(&self) {
+        self.body_checked.store(true, Ordering::Release);
+    }
 }
 
 #[derive(Clone)]
@@ -115,10 +136,7 @@ mod tests {
     use super::*;
 
     fn block(seq: u64, len: usize) -> Arc<CachedBlock> {
-        Arc::new(CachedBlock {
-            seq,
-            data: BlockBuf::zeroed(len),
-        })
+        Arc::new(CachedBlock::new(seq, BlockBuf::zeroed(len)))
     }
 
     #[test]

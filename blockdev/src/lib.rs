@@ -32,7 +32,7 @@ pub mod header;
 pub mod meta;
 
 pub use buf::BlockBuf;
-pub use cache::{BlockCache, CacheStats};
+pub use cache::{BlockCache, CacheStats, CachedBlock};
 pub use device::{BlockDevice, DeviceOptions, FaultyDevice, FileDevice};
 pub use error::BlockError;
 pub use header::{BlockHeader, BlockKind, BlockRef, BlockSize, Expect};

@@ -89,7 +89,7 @@ impl MetaDev {
             let buf = read_raw(&*self.dev, kind.size, blkno)?;
             match verify(buf.as_slice(), &exp) {
                 Ok(_) => {
-                    let block = Arc::new(CachedBlock { seq, data: buf });
+                    let block = Arc::new(CachedBlock::new(seq, buf));
                     self.cache.insert(blkno, block.clone());
                     return Ok(block);
                 }
@@ -135,7 +135,7 @@ impl MetaDev {
         let off = block_offset(&*self.dev, kind.size, blkno)?;
         self.cache.forget(blkno);
         self.dev.write_at(buf.as_slice(), off)?;
-        let block = Arc::new(CachedBlock { seq, data: buf });
+        let block = Arc::new(CachedBlock::new(seq, buf));
         if kind.size == BlockSize::Large {
             self.cache.insert(blkno, block.clone());
         }

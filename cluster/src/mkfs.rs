@@ -183,7 +183,8 @@ impl MkfsError {
 /// What mkfs made.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MkfsSummary {
-    pub fsid: u64,
+    /// The fsid in hex, as `print` shows it.
+    pub fsid: String,
     pub uuid: String,
     pub format_version: u64,
     pub total_meta_blocks: u64,
@@ -433,7 +434,7 @@ pub fn mkfs(
     let mut slots: Vec<_> = opts.slots.clone();
     slots.sort_by_key(|s| s.nr);
     Ok(MkfsSummary {
-        fsid,
+        fsid: format!("{fsid:016x}"),
         uuid: format_uuid(&uuid),
         format_version: opts.format_version,
         total_meta_blocks,

@@ -42,7 +42,7 @@ fn mkfs_puts_every_block_in_exactly_one_allocator() {
     let s = mkfs(meta.clone(), data, &opts(false)).unwrap();
     let r = inspect(meta).unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
-    assert_eq!(r.super_block.fsid, format!("{:016x}", s.fsid));
+    assert_eq!(r.super_block.fsid, s.fsid);
     let total_meta = META_BYTES >> 16;
     let listed: u64 = r.alloc_lists.iter().map(|l| l.entries).sum();
     let in_trees: u64 = r.trees.iter().filter_map(|t| t.free_blocks).sum::<u64>()
@@ -127,7 +127,7 @@ fn forced_mkfs_cut_short_leaves_old_or_nothing_never_a_mix() {
                     r.errors
                 );
                 if res.is_err() {
-                    assert_eq!(r.super_block.fsid, format!("{:016x}", old.fsid), "n={n}");
+                    assert_eq!(r.super_block.fsid, old.fsid, "n={n}");
                 }
             }
             Err(e) => panic!("n={n}: unexpected {e}"),
@@ -143,7 +143,9 @@ fn existing_filesystem_is_kept_without_force() {
     let first = mkfs(meta.clone(), data.clone(), &opts(false)).unwrap();
     let before = std::fs::read(meta.path()).unwrap();
     let err = mkfs(meta.clone(), data, &opts(false)).unwrap_err();
-    assert!(matches!(err, MkfsError::Existing { fsid, .. } if fsid == first.fsid));
+    assert!(
+        matches!(err, MkfsError::Existing { fsid, .. } if format!("{fsid:016x}") == first.fsid)
+    );
     assert!(
         std::fs::read(meta.path()).unwrap() == before,
         "device changed"

@@ -22,6 +22,8 @@ pub enum Command {
     ///
     /// Refuses to overwrite an existing scoutgw filesystem unless --force is given. Every
     /// check happens before anything is written: a refused mkfs leaves the devices untouched.
+    // -V is the format version here (as in scoutfs mkfs); `scoutgw --version` still works.
+    #[command(disable_version_flag = true)]
     Mkfs(MkfsArgs),
 
     /// Show the super block, quorum blocks and a summary of every tree of a filesystem.
@@ -109,4 +111,15 @@ pub struct QuickstartArgs {
 fn parse_slot(s: &str) -> Result<QuorumSlot, String> {
     s.parse()
         .map_err(|e: scoutgw_cluster::mkfs::MkfsError| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks (duplicate flags and the like) over every command.
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -90,7 +90,9 @@ assert_disk_size!(BtreeItem, 48);
 /// The item hides older versions of its key (it is a deletion).
 pub const ITEM_FLAG_DELETION: u8 = 0x01;
 
-const BLOCK_BYTES: usize = BlockSize::Large.bytes();
+/// Bytes in a btree block.
+pub const BTREE_BLOCK_BYTES: usize = BlockSize::Large.bytes();
+const BLOCK_BYTES: usize = BTREE_BLOCK_BYTES;
 const HDR: usize = core::mem::size_of::<BtreeBlockHeader>();
 const ITEM: usize = core::mem::size_of::<BtreeItem>();
 const VALUE_ALIGN: usize = 8;
@@ -169,6 +171,17 @@ impl<'a> BtreeBlock<'a> {
             ));
         }
         Ok(block)
+    }
+
+    /// A view of a block that [`BtreeBlock::parse`] accepted before (a cached block whose
+    /// body was already checked). Only the header is read.
+    pub fn parse_trusted(bytes: &'a [u8]) -> Self {
+        let (header, _) = BtreeBlockHeader::read_from_prefix(bytes).expect("checked block");
+        Self {
+            bytes,
+            header,
+            nr: header.nr_items.get() as usize,
+        }
     }
 
     pub fn level(&self) -> u8 {

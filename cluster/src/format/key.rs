@@ -107,6 +107,30 @@ impl Key {
         }
     }
 
+    /// The next key in sort order, or `None` for [`Key::MAX`].
+    pub fn next(&self) -> Option<Key> {
+        let (z, a, t, b, c, d) = self.sort_tuple();
+        let (d, carry) = d.overflowing_add(1);
+        let (c, carry) = c.overflowing_add(carry as u64);
+        let (b, carry) = b.overflowing_add(carry as u64);
+        let (t, carry) = t.overflowing_add(carry as u8);
+        let (a, carry) = a.overflowing_add(carry as u64);
+        let (z, carry) = z.overflowing_add(carry as u8);
+        (!carry).then(|| Key::new(z, a, t, b, c, d))
+    }
+
+    /// The previous key in sort order, or `None` for [`Key::MIN`].
+    pub fn prev(&self) -> Option<Key> {
+        let (z, a, t, b, c, d) = self.sort_tuple();
+        let (d, borrow) = d.overflowing_sub(1);
+        let (c, borrow) = c.overflowing_sub(borrow as u64);
+        let (b, borrow) = b.overflowing_sub(borrow as u64);
+        let (t, borrow) = t.overflowing_sub(borrow as u8);
+        let (a, borrow) = a.overflowing_sub(borrow as u64);
+        let (z, borrow) = z.overflowing_sub(borrow as u8);
+        (!borrow).then(|| Key::new(z, a, t, b, c, d))
+    }
+
     /// The fields in sort order.
     pub fn sort_tuple(&self) -> (u8, u64, u8, u64, u64, u8) {
         (
@@ -188,6 +212,22 @@ mod tests {
             prop_assert!(bytes[27..].iter().all(|&b| b == 0));
             let back = Key::read_from_bytes(&bytes).unwrap();
             prop_assert_eq!(back.sort_tuple(), k.sort_tuple());
+        }
+
+        #[test]
+        fn next_and_prev_are_adjacent(k in any_key()) {
+            if let Some(n) = k.next() {
+                prop_assert!(n > k);
+                prop_assert_eq!(n.prev(), Some(k));
+            } else {
+                prop_assert_eq!(k, Key::MAX);
+            }
+            if let Some(p) = k.prev() {
+                prop_assert!(p < k);
+                prop_assert_eq!(p.next(), Some(k));
+            } else {
+                prop_assert_eq!(k, Key::MIN);
+            }
         }
 
         #[test]

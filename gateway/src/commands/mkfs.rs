@@ -32,7 +32,7 @@ pub fn run(a: &MkfsArgs) -> Result<(), CliError> {
 
 pub(crate) fn print_summary(s: &MkfsSummary, meta: &std::path::Path, data: &std::path::Path) {
     println!("Created scoutgw filesystem");
-    println!("  fsid            {:016x}", s.fsid);
+    println!("  fsid            {}", s.fsid);
     println!("  uuid            {}", s.uuid);
     println!("  format version  {}", s.format_version);
     println!(

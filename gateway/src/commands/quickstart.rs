@@ -42,6 +42,14 @@ pub fn run(a: &QuickstartArgs) -> Result<(), CliError> {
     let meta = open_device(&meta_path, false)?;
     let data = open_device(&data_path, false)?;
     if let Some(fsid) = existing_fsid(&*meta) {
+        if existing_fsid(&*data) != Some(fsid) {
+            return Err(CliError::Usage(format!(
+                "{} holds filesystem {fsid:016x} but {} does not belong to it; move the \
+                 folder aside or use another --dir",
+                meta_path.display(),
+                data_path.display()
+            )));
+        }
         println!(
             "{} already holds filesystem {fsid:016x}; using it",
             meta_path.display()
