@@ -16,6 +16,7 @@
 //! and archive crates depend on it, never the other way round. Block I/O goes through
 //! `scoutgw-blockdev` only.
 
+pub mod alloc;
 pub mod btree;
 pub mod format;
 pub mod inspect;

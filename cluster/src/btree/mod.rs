@@ -753,4 +753,4 @@ pub fn walk_blocks(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod btree;
 pub mod key;
 pub mod layout;
+pub mod log_trees;
 pub mod quorum;
 pub mod super_block;
 
@@ -43,6 +44,13 @@ pub const KIND_BTREE: BlockKind = BlockKind {
 pub const KIND_ALLOC_LIST: BlockKind = BlockKind {
     name: "alloc_list",
     magic: 0x5c07_a104,
+    size: BlockSize::Large,
+};
+
+/// A bloom filter block over the lock groups of a log tree's items: 64 KiB.
+pub const KIND_BLOOM: BlockKind = BlockKind {
+    name: "bloom",
+    magic: 0x5c07_b105,
     size: BlockSize::Large,
 };
 
