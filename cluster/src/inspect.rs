@@ -34,6 +34,8 @@ pub struct FsReport {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SuperReport {
+    /// The 4 KiB block the current super block was read from (15 or 16).
+    pub blkno: u64,
     /// The fsid in hex (a JSON number would lose precision).
     pub fsid: String,
     pub uuid: String,
@@ -240,11 +242,13 @@ fn quorum_report(md: &MetaDev, slot: usize, addr: String) -> QuorumSlotReport {
 /// Fails only when there is no readable super block (or the device is truncated); damage
 /// further in is reported inside the result.
 pub fn inspect(meta: Arc<dyn BlockDevice>) -> Result<FsReport, FormatError> {
-    let sb = SuperBlock::read(&*meta)?;
+    let current = SuperBlock::read_current(&*meta)?;
+    let sb = current.sb;
     sb.check_device_size(&*meta, DeviceRole::Meta)?;
     let md = MetaDev::new(meta.clone(), sb.fsid(), 64 << 20);
 
     let super_block = SuperReport {
+        blkno: current.blkno,
         fsid: format!("{:016x}", sb.fsid()),
         uuid: format_uuid(&sb.uuid),
         format_version: sb.fmt_vers.get(),
@@ -303,7 +307,7 @@ pub fn inspect(meta: Arc<dyn BlockDevice>) -> Result<FsReport, FormatError> {
         list_report(&md, "server_meta_freed[1]", &sb.server_meta_freed[1], limit),
     ];
 
-    let mut errors = Vec::new();
+    let mut errors: Vec<String> = current.other_problem.into_iter().collect();
     for q in &quorum_slots {
         if let Some(e) = &q.error {
             errors.push(format!("quorum slot {}: {e}", q.slot));

@@ -337,10 +337,11 @@ pub fn mkfs(
     // cannot leave an old super pointing at blocks this mkfs has overwritten.
     if opts.force {
         let zero = BlockBuf::zeroed(BlockSize::Small.bytes());
-        let at = SUPER_BLKNO * BlockSize::Small.bytes() as u64;
         for dev in [&data, &meta] {
             if existing_fsid(&**dev).is_some() {
-                dev.write_at(zero.as_slice(), at)?;
+                for blkno in SUPER_BLKNOS {
+                    dev.write_at(zero.as_slice(), blkno * BlockSize::Small.bytes() as u64)?;
+                }
                 dev.flush()?;
             }
         }
@@ -420,16 +421,17 @@ pub fn mkfs(
         flags: 0.into(),
     };
 
-    let mut write_super = |dev: &Arc<dyn BlockDevice>, flags: u64| -> Result<(), BlockError> {
-        sb.flags = flags.into();
-        let mut buf = BlockBuf::zeroed(BlockSize::Small.bytes());
-        buf.as_mut_slice()[..core::mem::size_of::<SuperBlock>()].copy_from_slice(sb.as_bytes());
-        let d = MetaDev::new(dev.clone(), fsid, 0);
-        d.write_block(KIND_SUPER, SUPER_BLKNO, seq, buf)?;
-        d.flush()
-    };
-    write_super(&data, 0)?;
-    write_super(&meta, SUPER_FLAG_META_DEV)?;
+    let mut write_super =
+        |dev: &Arc<dyn BlockDevice>, flags: u64, blknos: &[u64]| -> Result<(), BlockError> {
+            sb.flags = flags.into();
+            let d = MetaDev::new(dev.clone(), fsid, 0);
+            for &blkno in blknos {
+                d.write_block(KIND_SUPER, blkno, seq, sb.to_block())?;
+            }
+            d.flush()
+        };
+    write_super(&data, 0, &[SUPER_BLKNO])?;
+    write_super(&meta, SUPER_FLAG_META_DEV, &SUPER_BLKNOS)?;
 
     let mut slots: Vec<_> = opts.slots.clone();
     slots.sort_by_key(|s| s.nr);

@@ -30,6 +30,8 @@ const SMALL_BLOCK: u64 = 4096;
 const LARGE_BLOCK: u64 = 65536;
 /// Byte offset of the super block on both devices.
 const SUPER_OFFSET: u64 = 16 * SMALL_BLOCK;
+/// The second super block slot (the server alternates between the two).
+const SUPER_ALT_OFFSET: u64 = 15 * SMALL_BLOCK;
 /// Byte offset of `fmt_vers` in the super block (right after the 32-byte header).
 const SUPER_FMT_VERS: usize = 32;
 
@@ -863,13 +865,24 @@ fn print_names_the_tree_with_a_bad_crc_block_and_exits_1() {
 }
 
 #[test]
-fn print_fails_with_a_crc_error_when_the_super_block_crc_is_damaged() {
+fn print_reports_one_damaged_super_copy_and_reads_the_other() {
     let d = Devices::formatted_by_quickstart();
     flip_byte(&d.meta, SUPER_OFFSET);
+    let out = d.print_json();
+    out.code(1);
+    let r = out.json();
+    assert_eq!(u(&r["super_block"]["blkno"]), 15, "{out}");
+    let problems = r["errors"].to_string();
+    assert!(problems.contains("block 16: bad crc32c"), "{out}");
+}
+
+#[test]
+fn print_fails_with_a_crc_error_when_both_super_block_crcs_are_damaged() {
+    let d = Devices::formatted_by_quickstart();
+    flip_byte(&d.meta, SUPER_OFFSET);
+    flip_byte(&d.meta, SUPER_ALT_OFFSET);
     for out in [d.print(), d.print_json()] {
-        out.code(1)
-            .stderr_has("block 16: bad crc32c")
-            .stderr_has("stored");
+        out.code(1).stderr_has(": bad crc32c").stderr_has("stored");
         assert!(out.stdout.is_empty(), "{out}");
     }
 }
@@ -877,9 +890,11 @@ fn print_fails_with_a_crc_error_when_the_super_block_crc_is_damaged() {
 #[test]
 fn print_refuses_a_super_block_with_an_unknown_format_version() {
     let d = Devices::formatted_by_quickstart();
-    edit_and_reseal_small_block(&d.meta, SUPER_OFFSET, |b| {
-        b[SUPER_FMT_VERS..SUPER_FMT_VERS + 8].copy_from_slice(&99u64.to_le_bytes());
-    });
+    for offset in [SUPER_OFFSET, SUPER_ALT_OFFSET] {
+        edit_and_reseal_small_block(&d.meta, offset, |b| {
+            b[SUPER_FMT_VERS..SUPER_FMT_VERS + 8].copy_from_slice(&99u64.to_le_bytes());
+        });
+    }
     let out = d.print();
     assert!(
         matches!(out.code, Some(c) if c != 0),
@@ -906,9 +921,10 @@ fn print_says_no_scoutgw_filesystem_on_a_zeroed_or_tiny_device() {
             .stderr_has(detail);
     }
 
-    // A formatted device whose super block was wiped is no filesystem either.
+    // A formatted device whose super blocks were wiped is no filesystem either.
     let d = Devices::formatted_by_quickstart();
     write_bytes(&d.meta, SUPER_OFFSET, &[0u8; SMALL_BLOCK as usize]);
+    write_bytes(&d.meta, SUPER_ALT_OFFSET, &[0u8; SMALL_BLOCK as usize]);
     d.print().code(1).stderr_has("no scoutgw filesystem");
 }
 

@@ -7,9 +7,15 @@ pub const FORMAT_VERSION_MIN: u64 = 1;
 /// Newest format version this build reads and writes.
 pub const FORMAT_VERSION_MAX: u64 = 1;
 
-/// The super block, in 4 KiB units, on both devices (byte 64 KiB). Blocks 0..16 are left
+/// The super block, in 4 KiB units, on both devices (byte 64 KiB). Blocks 0..15 are left
 /// unused for boot loaders and partition labels.
 pub const SUPER_BLKNO: u64 = 16;
+/// The second super block slot on the metadata device (byte 60 KiB). The server writes each
+/// new super into the slot that does not hold the current one, so a torn super write always
+/// leaves the previous super intact; readers take the valid copy with the highest seq.
+pub const SUPER_ALT_BLKNO: u64 = 15;
+/// Both super block slots of the metadata device.
+pub const SUPER_BLKNOS: [u64; 2] = [SUPER_BLKNO, SUPER_ALT_BLKNO];
 /// Quorum block of slot `n` is at 4 KiB block `QUORUM_BLKNO + n`, on the metadata device.
 pub const QUORUM_BLKNO: u64 = 17;
 /// Number of quorum slots, and of quorum blocks.

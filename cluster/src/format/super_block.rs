@@ -1,6 +1,6 @@
 //! The super block: the anchor of every persistent structure.
 //!
-//! One 4 KiB block at [`SUPER_BLKNO`] of the metadata device; a copy (without
+//! A 4 KiB block in one of two slots ([`SUPER_BLKNOS`]) of the metadata device; a copy (without
 //! [`SUPER_FLAG_META_DEV`]) at the same place on the data device ties the two devices to the
 //! same filesystem. Only the elected server writes it, after every other block of a commit is
 //! durable, so a crash leaves either the previous or the new super.
@@ -11,7 +11,7 @@ use scoutgw_blockdev::{BlockDevice, BlockHeader, BlockSize};
 use zerocopy::little_endian::U64;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::layout::{FORMAT_VERSION_MAX, FORMAT_VERSION_MIN, SUPER_BLKNO};
+use super::layout::{FORMAT_VERSION_MAX, FORMAT_VERSION_MIN, SUPER_BLKNO, SUPER_BLKNOS};
 use super::{
     assert_disk_size, AllocListHead, AllocRoot, BtreeRoot, FormatError, QuorumConfig, KIND_SUPER,
 };
@@ -80,6 +80,13 @@ impl SuperBlock {
         self.hdr.fsid.get()
     }
 
+    /// A 4 KiB block buffer holding this super block (header to be sealed by the writer).
+    pub fn to_block(&self) -> scoutgw_blockdev::BlockBuf {
+        let mut buf = scoutgw_blockdev::BlockBuf::zeroed(BlockSize::Small.bytes());
+        buf.as_mut_slice()[..core::mem::size_of::<SuperBlock>()].copy_from_slice(self.as_bytes());
+        buf
+    }
+
     /// Every btree root with its name, in a fixed order.
     pub fn named_trees(&self) -> [(&'static str, BtreeRoot); 8] {
         [
@@ -94,8 +101,8 @@ impl SuperBlock {
         ]
     }
 
-    /// Read and verify the super block of a device: header, crc and format version.
-    pub fn read(dev: &dyn BlockDevice) -> Result<SuperBlock, FormatError> {
+    /// Read and verify one super block copy: header, crc and format version.
+    pub fn read_at(dev: &dyn BlockDevice, blkno: u64) -> Result<SuperBlock, FormatError> {
         let not_fs = |reason: String| FormatError::NotAFilesystem {
             path: dev.path().to_path_buf(),
             reason,
@@ -108,11 +115,11 @@ impl SuperBlock {
                 SUPER_BLKNO * BlockSize::Small.bytes() as u64
             )));
         }
-        let buf = read_raw(dev, BlockSize::Small, SUPER_BLKNO)?;
+        let buf = read_raw(dev, BlockSize::Small, blkno)?;
         let exp = Expect {
             kind: KIND_SUPER,
             fsid: None,
-            blkno: SUPER_BLKNO,
+            blkno,
             seq: None,
         };
         match verify(buf.as_slice(), &exp) {
@@ -131,6 +138,47 @@ impl SuperBlock {
             });
         }
         Ok(sb)
+    }
+
+    /// Read both super block copies of a metadata device; the valid one with the highest seq
+    /// is current.
+    pub fn read_current(dev: &dyn BlockDevice) -> Result<CurrentSuper, FormatError> {
+        let [a, b] = SUPER_BLKNOS.map(|blkno| (blkno, SuperBlock::read_at(dev, blkno)));
+        let (best, other) = match (&a.1, &b.1) {
+            (Ok(x), Ok(y)) if y.seq.get() > x.seq.get() && y.fsid() == x.fsid() => (b, a),
+            (Ok(_), _) => (a, b),
+            (Err(_), Ok(_)) => (b, a),
+            (Err(_), Err(_)) => {
+                // Prefer the most telling error: a newer format, then damage, then "none".
+                let pick = |e: &FormatError| match e {
+                    FormatError::UnsupportedVersion { .. } => 0,
+                    FormatError::Block(_) => 1,
+                    _ => 2,
+                };
+                let (ea, eb) = (a.1.unwrap_err(), b.1.unwrap_err());
+                return Err(if pick(&eb) < pick(&ea) { eb } else { ea });
+            }
+        };
+        let sb = best.1.expect("chosen copy is valid");
+        let other_problem = match other.1 {
+            Err(e) => Some(format!("super block copy at 4 KiB block {}: {e}", other.0)),
+            Ok(o) if o.fsid() != sb.fsid() => Some(format!(
+                "super block copy at 4 KiB block {} belongs to filesystem {:016x}",
+                other.0,
+                o.fsid()
+            )),
+            Ok(_) => None,
+        };
+        Ok(CurrentSuper {
+            sb,
+            blkno: best.0,
+            other_problem,
+        })
+    }
+
+    /// The current super block of a metadata device (see [`SuperBlock::read_current`]).
+    pub fn read(dev: &dyn BlockDevice) -> Result<SuperBlock, FormatError> {
+        Self::read_current(dev).map(|c| c.sb)
     }
 
     /// Check that `dev` is at least as large as this super block says the `which` device is.
@@ -152,6 +200,27 @@ impl SuperBlock {
             });
         }
         Ok(())
+    }
+}
+
+/// The current super block and where it was found.
+#[derive(Debug, Clone)]
+pub struct CurrentSuper {
+    pub sb: SuperBlock,
+    /// The slot it was read from; the next super is written to the other one.
+    pub blkno: u64,
+    /// What is wrong with the other copy, if anything (a torn write, or damage).
+    pub other_problem: Option<String>,
+}
+
+impl CurrentSuper {
+    /// The slot the next super block is written to.
+    pub fn next_blkno(&self) -> u64 {
+        if self.blkno == SUPER_BLKNOS[0] {
+            SUPER_BLKNOS[1]
+        } else {
+            SUPER_BLKNOS[0]
+        }
     }
 }
 
@@ -177,9 +246,11 @@ pub fn existing_fsid(dev: &dyn BlockDevice) -> Option<u64> {
     if dev.len_bytes() < (SUPER_BLKNO + 1) * BlockSize::Small.bytes() as u64 {
         return None;
     }
-    let buf = read_raw(dev, BlockSize::Small, SUPER_BLKNO).ok()?;
-    let (hdr, _) = BlockHeader::read_from_prefix(buf.as_slice()).ok()?;
-    (hdr.magic.get() == KIND_SUPER.magic).then(|| hdr.fsid.get())
+    SUPER_BLKNOS.iter().find_map(|&blkno| {
+        let buf = read_raw(dev, BlockSize::Small, blkno).ok()?;
+        let (hdr, _) = BlockHeader::read_from_prefix(buf.as_slice()).ok()?;
+        (hdr.magic.get() == KIND_SUPER.magic).then(|| hdr.fsid.get())
+    })
 }
 
 #[cfg(test)]
