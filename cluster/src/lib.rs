@@ -18,8 +18,13 @@
 
 pub mod alloc;
 pub mod btree;
+pub mod client;
 pub mod format;
+pub mod fsck;
 pub mod inspect;
+pub mod lock_names;
 pub mod mkfs;
+pub mod msg;
+pub mod server;
 
 pub use format::FormatError;

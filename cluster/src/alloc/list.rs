@@ -87,6 +87,23 @@ impl MetaList {
         &self.list_blocks
     }
 
+    /// Write this list as new list blocks of version `seq`, their blocks allocated from
+    /// `alloc`; the caller must have taken (and freed) the previous list blocks first.
+    pub fn write_new(
+        &mut self,
+        md: &MetaDev,
+        seq: u64,
+        alloc: &mut dyn MetaAlloc,
+    ) -> Result<AllocListHead, BtreeError> {
+        debug_assert!(self.list_blocks.is_empty(), "old list blocks not taken");
+        let blocks = (0..blocks_for(self.entries.len()))
+            .map(|_| alloc.alloc_meta())
+            .collect::<Result<Vec<u64>, BtreeError>>()?;
+        let head = write_list(md, seq, &self.entries, &blocks)?;
+        self.list_blocks = blocks;
+        Ok(head)
+    }
+
     /// Forget the list blocks (the caller freed them).
     pub fn take_list_blocks(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.list_blocks)

@@ -464,6 +464,23 @@ impl BtreeWriter<'_> {
         }
     }
 
+    /// Free every block of a tree and make it empty.
+    pub fn free_tree(&mut self, root: &mut BtreeRoot) -> Result<(), BtreeError> {
+        let mut blocks = Vec::new();
+        walk_blocks(self.md, Some(&*self.dirty), root, &mut |r, _| {
+            blocks.push(r)
+        })?;
+        for r in blocks {
+            if self.dirty.get(r).is_some() {
+                self.drop_node(r.blkno.get())?;
+            } else {
+                self.alloc.free_meta(r.blkno.get())?;
+            }
+        }
+        *root = BtreeRoot::default();
+        Ok(())
+    }
+
     fn node(&self, blkno: u64) -> &Node {
         &self.dirty.nodes[&blkno]
     }

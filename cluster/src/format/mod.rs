@@ -5,6 +5,7 @@
 //! description is in `ARCHITECTURE.md` ("On-disk layout").
 
 pub mod alloc;
+pub mod bloom;
 pub mod btree;
 pub mod key;
 pub mod layout;

@@ -1,0 +1,515 @@
+//! The client side of the metadata engine: one per mount. It holds the open transaction, the
+//! items it changed, and reads the forest of trees merged by key.
+//!
+//! Transactions follow the strict sequence of seed 004: `GetLogTrees` opens one (the server
+//! hands out the log_trees record with refilled allocators and `get_trans_seq`), operations
+//! change items in memory, and [`Client::commit`] writes them copy-on-write into the client's
+//! own log btree, makes every block durable, and sends `CommitLogTrees`; only then is the next
+//! transaction opened. A commit request is only ever sent for a transaction a `GetLogTrees`
+//! opened.
+//!
+//! Reads merge, for each key: the open transaction's items, then every log tree and
+//! `fs_root`; the version with the greatest seq wins and a deletion item hides older
+//! versions. A log tree whose bloom filter lacks the key's lock group is skipped. A read that
+//! runs into a block rewritten since the roots were sampled refreshes the roots and retries.
+//!
+//! Item seq = max(transaction seq, the write_seq of the lock the caller holds) (seed 001,
+//! 2021-06-15); callers pass their lock's write_seq (0 until cluster locks exist).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use scoutgw_blockdev::{BlockBuf, BlockRef, BlockSize, MetaDev};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::alloc::extent;
+use crate::alloc::{ListAlloc, MetaList};
+use crate::btree::{self, BtreeError, BtreeWriter, Dirty, Item};
+use crate::format::bloom::{bloom_bits, set_bit, test_bit, BloomBlockHeader};
+use crate::format::btree::ITEM_FLAG_DELETION;
+use crate::format::log_trees::LogTrees;
+use crate::format::{Key, KIND_BLOOM};
+use crate::lock_names::lock_start;
+use crate::msg::{Request, Response, Roots, ServerError, ServerLink, Statfs};
+use crate::server::{all_log_trees, Server};
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("server: {0}")]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Btree(#[from] BtreeError),
+    #[error("unexpected response from the server: {0}")]
+    Protocol(String),
+    #[error("out of space: {0}")]
+    NoSpace(&'static str),
+    #[error("roots kept going stale after {0} retries")]
+    StaleRetries(usize),
+    #[error("an earlier commit failed; the mount must be restarted")]
+    Failed,
+}
+
+impl ClientError {
+    fn is_stale(&self) -> bool {
+        matches!(self, ClientError::Btree(e) if e.is_stale())
+    }
+}
+
+/// The server in this process, behind the message interface.
+pub struct LocalServer {
+    server: Mutex<Server>,
+}
+
+impl LocalServer {
+    pub fn new(server: Server) -> Self {
+        Self {
+            server: Mutex::new(server),
+        }
+    }
+
+    /// Run `f` with the server locked (maintenance such as merges).
+    pub fn with<R>(&self, f: impl FnOnce(&mut Server) -> R) -> R {
+        f(&mut self.server.lock().expect("server lock"))
+    }
+}
+
+impl ServerLink for LocalServer {
+    fn call(&self, rid: u64, req: Request) -> Result<Response, ServerError> {
+        self.server.lock().expect("server lock").handle(rid, req)
+    }
+}
+
+/// The open transaction.
+struct Trans {
+    lt: LogTrees,
+    alloc: ListAlloc,
+    dirty: Dirty,
+}
+
+const STALE_RETRIES: usize = 20;
+
+/// One mount's view of the filesystem's items.
+pub struct Client {
+    rid: u64,
+    md: Arc<MetaDev>,
+    link: Arc<dyn ServerLink>,
+    trans: Option<Trans>,
+    /// Items changed in the open transaction (deletions included).
+    items: BTreeMap<Key, Item>,
+    roots: Roots,
+    log_trees: Vec<LogTrees>,
+    failed: bool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("rid", &format_args!("{:016x}", self.rid))
+            .field("dirty_items", &self.items.len())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Greet the server as `rid` and open the first transaction.
+    pub fn mount(
+        md: Arc<MetaDev>,
+        link: Arc<dyn ServerLink>,
+        rid: u64,
+    ) -> Result<Self, ClientError> {
+        let resp = link.call(
+            rid,
+            Request::Greeting {
+                fsid: md.fsid(),
+                format_version: crate::format::layout::FORMAT_VERSION_MAX,
+                rid,
+                server_term: 0,
+            },
+        )?;
+        if !matches!(resp, Response::Greeting { .. }) {
+            return Err(ClientError::Protocol(format!("{resp:?} to a greeting")));
+        }
+        let mut c = Self {
+            rid,
+            md,
+            link,
+            trans: None,
+            items: BTreeMap::new(),
+            roots: Roots {
+                fs_root: Default::default(),
+                logs_root: Default::default(),
+                srch_root: Default::default(),
+            },
+            log_trees: Vec::new(),
+            failed: false,
+        };
+        c.open_trans()?;
+        c.refresh_roots()?;
+        Ok(c)
+    }
+
+    pub fn rid(&self) -> u64 {
+        self.rid
+    }
+
+    pub fn meta_dev(&self) -> &Arc<MetaDev> {
+        &self.md
+    }
+
+    /// The seq of the open transaction.
+    pub fn trans_seq(&self) -> u64 {
+        self.trans.as_ref().map_or(0, |t| t.lt.get_trans_seq.get())
+    }
+
+    /// Items changed in the open transaction.
+    pub fn dirty_items(&self) -> usize {
+        self.items.len()
+    }
+
+    fn call(&self, req: Request) -> Result<Response, ClientError> {
+        Ok(self.link.call(self.rid, req)?)
+    }
+
+    fn open_trans(&mut self) -> Result<(), ClientError> {
+        let lt = match self.call(Request::GetLogTrees)? {
+            Response::LogTrees(lt) => *lt,
+            other => return Err(ClientError::Protocol(format!("{other:?} to GetLogTrees"))),
+        };
+        let avail = MetaList::load(&self.md, &lt.meta_avail)?;
+        let freed = MetaList::load(&self.md, &lt.meta_freed)?;
+        self.trans = Some(Trans {
+            dirty: Dirty::new(lt.get_trans_seq.get()),
+            alloc: ListAlloc::new(avail, freed),
+            lt,
+        });
+        Ok(())
+    }
+
+    /// Sample the last committed roots and the log trees they name.
+    pub fn refresh_roots(&mut self) -> Result<(), ClientError> {
+        self.roots = match self.call(Request::GetRoots)? {
+            Response::Roots(r) => r,
+            other => return Err(ClientError::Protocol(format!("{other:?} to GetRoots"))),
+        };
+        self.log_trees = all_log_trees(&self.md, None, &self.roots.logs_root)?;
+        Ok(())
+    }
+
+    /// Run a read, refreshing the roots and retrying when it hits a rewritten block.
+    fn with_retry<R>(
+        &mut self,
+        mut f: impl FnMut(&Self) -> Result<R, ClientError>,
+    ) -> Result<R, ClientError> {
+        for _ in 0..STALE_RETRIES {
+            match f(self) {
+                Err(e) if e.is_stale() => self.refresh_roots()?,
+                other => return other,
+            }
+        }
+        Err(ClientError::StaleRetries(STALE_RETRIES))
+    }
+
+    fn bloom_may_hold(&self, lt: &LogTrees, key: &Key) -> Result<bool, ClientError> {
+        if lt.bloom_ref.is_null() {
+            return Ok(!lt.item_root.is_empty());
+        }
+        let block = self
+            .md
+            .read_ref(KIND_BLOOM, lt.bloom_ref)
+            .map_err(BtreeError::from)?;
+        let bits = &block.data.as_slice()[core::mem::size_of::<BloomBlockHeader>()..];
+        Ok(bloom_bits(&lock_start(key))
+            .iter()
+            .all(|b| test_bit(bits, *b)))
+    }
+
+    /// The newest committed version of `key` (deletions included), ignoring open changes.
+    fn read_committed(&self, key: &Key) -> Result<Option<Item>, ClientError> {
+        let mut best = btree::lookup(&self.md, None, &self.roots.fs_root, key)?;
+        for lt in &self.log_trees {
+            if lt.item_root.is_empty() || !self.bloom_may_hold(lt, key)? {
+                continue;
+            }
+            if let Some(it) = btree::lookup(&self.md, None, &lt.item_root, key)? {
+                if best.as_ref().is_none_or(|b| it.seq >= b.seq) {
+                    best = Some(it);
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// The current value of `key`, if it exists.
+    pub fn get(&mut self, key: &Key) -> Result<Option<Vec<u8>>, ClientError> {
+        Ok(self.get_item(key)?.map(|it| it.val))
+    }
+
+    /// The current item at `key` (never a deletion).
+    pub fn get_item(&mut self, key: &Key) -> Result<Option<Item>, ClientError> {
+        if let Some(it) = self.items.get(key) {
+            return Ok(live(it.clone()));
+        }
+        let key = *key;
+        Ok(self.with_retry(|c| c.read_committed(&key))?.and_then(live))
+    }
+
+    /// The first existing item with key in `[start, end]`.
+    pub fn next(&mut self, start: &Key, end: &Key) -> Result<Option<Item>, ClientError> {
+        let (start, end) = (*start, *end);
+        self.with_retry(|c| c.next_merged(&start, &end))
+    }
+
+    fn next_merged(&self, start: &Key, end: &Key) -> Result<Option<Item>, ClientError> {
+        let mut from = *start;
+        loop {
+            let mut cands: Vec<Item> = Vec::new();
+            if let Some((_, it)) = self.items.range(from..=*end).next() {
+                cands.push(it.clone());
+            }
+            if let Some(it) = btree::next(&self.md, None, &self.roots.fs_root, &from, end)? {
+                cands.push(it);
+            }
+            for lt in &self.log_trees {
+                if let Some(it) = btree::next(&self.md, None, &lt.item_root, &from, end)? {
+                    cands.push(it);
+                }
+            }
+            let Some(min_key) = cands.iter().map(|it| it.key).min() else {
+                return Ok(None);
+            };
+            // The open transaction's version wins; otherwise the greatest seq.
+            let winner = match self.items.get(&min_key) {
+                Some(it) => it.clone(),
+                None => cands
+                    .into_iter()
+                    .filter(|it| it.key == min_key)
+                    .max_by_key(|it| it.seq)
+                    .expect("a candidate has the min key"),
+            };
+            if let Some(it) = live(winner) {
+                return Ok(Some(it));
+            }
+            match min_key.next() {
+                Some(n) if min_key < *end => from = n,
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// Every existing item with key in `[start, end]`, in order.
+    pub fn range(&mut self, start: &Key, end: &Key) -> Result<Vec<Item>, ClientError> {
+        let mut out = Vec::new();
+        let mut from = *start;
+        while let Some(it) = self.next(&from, end)? {
+            let k = it.key;
+            out.push(it);
+            match k.next() {
+                Some(n) if k < *end => from = n,
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn item_seq(&self, lock_write_seq: u64) -> u64 {
+        self.trans_seq().max(lock_write_seq)
+    }
+
+    /// Set `key` to `val` in the open transaction.
+    pub fn put(&mut self, key: Key, val: Vec<u8>, lock_write_seq: u64) -> Result<(), ClientError> {
+        if val.len() > crate::format::layout::BTREE_MAX_VAL_LEN {
+            return Err(BtreeError::ValueTooLarge(val.len()).into());
+        }
+        let seq = self.item_seq(lock_write_seq);
+        self.items.insert(
+            key,
+            Item {
+                key,
+                seq,
+                flags: 0,
+                val,
+            },
+        );
+        Ok(())
+    }
+
+    /// Delete `key` in the open transaction (a deletion item hides older versions).
+    pub fn delete(&mut self, key: Key, lock_write_seq: u64) {
+        let seq = self.item_seq(lock_write_seq);
+        self.items.insert(
+            key,
+            Item {
+                key,
+                seq,
+                flags: ITEM_FLAG_DELETION,
+                val: Vec::new(),
+            },
+        );
+    }
+
+    /// Allocate up to `want` contiguous data blocks for file contents.
+    pub fn alloc_data(&mut self, want: u64) -> Result<Option<(u64, u64)>, ClientError> {
+        let t = self.trans.as_mut().ok_or(ClientError::Failed)?;
+        let mut w = BtreeWriter {
+            md: &self.md,
+            dirty: &mut t.dirty,
+            alloc: &mut t.alloc,
+        };
+        Ok(extent::alloc_extent(&mut w, &mut t.lt.data_avail, want)?)
+    }
+
+    /// Free data blocks; they become reusable once this transaction is durable.
+    pub fn free_data(&mut self, start: u64, len: u64) -> Result<(), ClientError> {
+        let t = self.trans.as_mut().ok_or(ClientError::Failed)?;
+        let mut w = BtreeWriter {
+            md: &self.md,
+            dirty: &mut t.dirty,
+            alloc: &mut t.alloc,
+        };
+        Ok(extent::free_extent(
+            &mut w,
+            &mut t.lt.data_freed,
+            start,
+            len,
+        )?)
+    }
+
+    /// Count inodes created (+) or deleted (-) in this transaction.
+    pub fn add_inode_count(&mut self, delta: i64) {
+        if let Some(t) = self.trans.as_mut() {
+            let v = t.lt.inode_count_delta.get() as i64 + delta;
+            t.lt.inode_count_delta = (v as u64).into();
+        }
+    }
+
+    /// Unused inode numbers from the server: `(first, count)`.
+    pub fn alloc_inodes(&mut self, count: u64) -> Result<(u64, u64), ClientError> {
+        match self.call(Request::AllocInodes { count })? {
+            Response::AllocInodes { first, count } => Ok((first, count)),
+            other => Err(ClientError::Protocol(format!("{other:?} to AllocInodes"))),
+        }
+    }
+
+    pub fn last_seq(&self) -> Result<u64, ClientError> {
+        match self.call(Request::GetLastSeq)? {
+            Response::LastSeq(s) => Ok(s),
+            other => Err(ClientError::Protocol(format!("{other:?} to GetLastSeq"))),
+        }
+    }
+
+    pub fn statfs(&self) -> Result<Statfs, ClientError> {
+        match self.call(Request::Statfs)? {
+            Response::Statfs(s) => Ok(s),
+            other => Err(ClientError::Protocol(format!("{other:?} to Statfs"))),
+        }
+    }
+
+    /// Write the open transaction durably and open the next one. Returns the committed
+    /// transaction's seq, or `None` if there was nothing to commit.
+    pub fn commit(&mut self) -> Result<Option<u64>, ClientError> {
+        let t = self.trans.as_ref().ok_or(ClientError::Failed)?;
+        // Data allocations change the client's allocator trees, which dirties blocks.
+        if self.items.is_empty() && t.dirty.is_empty() {
+            return Ok(None);
+        }
+        self.sync()
+    }
+
+    /// Commit the open transaction even if it changed nothing (the server asked for it, to
+    /// finalize the client's log tree), and open the next one.
+    pub fn sync(&mut self) -> Result<Option<u64>, ClientError> {
+        if self.failed {
+            return Err(ClientError::Failed);
+        }
+        match self.commit_inner() {
+            Ok(seq) => Ok(Some(seq)),
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn commit_inner(&mut self) -> Result<u64, ClientError> {
+        let mut t = self.trans.take().ok_or(ClientError::Failed)?;
+        let seq = t.lt.get_trans_seq.get();
+        let mut root = t.lt.item_root;
+        let mut max_seq = t.lt.max_item_seq.get();
+        let mut w = BtreeWriter {
+            md: &self.md,
+            dirty: &mut t.dirty,
+            alloc: &mut t.alloc,
+        };
+        for it in self.items.values() {
+            max_seq = max_seq.max(it.seq);
+            w.put(&mut root, it.clone())?;
+        }
+
+        // The bloom filter: the old bits plus the lock groups of every item written now.
+        if !self.items.is_empty() {
+            let hdr = core::mem::size_of::<BloomBlockHeader>();
+            let mut buf = BlockBuf::zeroed(BlockSize::Large.bytes());
+            if !t.lt.bloom_ref.is_null() {
+                let old = self
+                    .md
+                    .read_ref(KIND_BLOOM, t.lt.bloom_ref)
+                    .map_err(BtreeError::from)?;
+                buf.as_mut_slice().copy_from_slice(old.data.as_slice());
+                w.alloc.free_meta(t.lt.bloom_ref.blkno.get())?;
+            }
+            let (head, bits) = buf.as_mut_slice().split_at_mut(hdr);
+            let mut set = BloomBlockHeader::read_from_bytes(head)
+                .expect("header size")
+                .total_set
+                .get();
+            for key in self.items.keys() {
+                for b in bloom_bits(&lock_start(key)) {
+                    set += set_bit(bits, b) as u64;
+                }
+            }
+            let mut h = BloomBlockHeader::read_from_bytes(head).expect("header size");
+            h.total_set = set.into();
+            head.copy_from_slice(h.as_bytes());
+            let blkno = w.alloc.alloc_meta()?;
+            self.md
+                .write_block(KIND_BLOOM, blkno, seq, buf)
+                .map_err(BtreeError::from)?;
+            t.lt.bloom_ref = BlockRef::new(blkno, seq);
+        }
+
+        t.dirty.write(&self.md, seq)?;
+        let (avail, freed) = t.alloc.write_lists(&self.md, seq)?;
+        self.md.flush().map_err(BtreeError::from)?;
+
+        t.lt.item_root = root;
+        t.lt.max_item_seq = max_seq.into();
+        t.lt.meta_avail = avail;
+        t.lt.meta_freed = freed;
+        match self.call(Request::CommitLogTrees(Box::new(t.lt)))? {
+            Response::Committed => {}
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "{other:?} to CommitLogTrees"
+                )))
+            }
+        }
+        self.items.clear();
+        self.open_trans()?;
+        self.refresh_roots()?;
+        Ok(seq)
+    }
+
+    /// Commit what is open and leave: the server reclaims this mount's state.
+    pub fn unmount(mut self) -> Result<(), ClientError> {
+        self.commit()?;
+        match self.call(Request::Farewell)? {
+            Response::FarewellDone => Ok(()),
+            other => Err(ClientError::Protocol(format!("{other:?} to Farewell"))),
+        }
+    }
+}
+
+fn live(it: Item) -> Option<Item> {
+    (it.flags & ITEM_FLAG_DELETION == 0).then_some(it)
+}

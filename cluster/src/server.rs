@@ -1,0 +1,834 @@
+//! The server: the one member (the elected leader) that owns the super block, the shared
+//! btrees (`logs_root`, `fs_root`, `mounted_clients`) and the core allocators.
+//!
+//! Every request handler changes the server's open transaction and commits it before it
+//! answers, so an answer always describes durable state. A server commit writes every dirty
+//! block and the server's alloc lists, flushes, then writes the super block into the slot
+//! that does not hold the current one and flushes again: a crash at any point leaves the old
+//! or the new super, never a mix.
+//!
+//! Metadata blocks freed by a commit go to the server's `freed` list and become reusable only
+//! once that commit is durable. Clients' freed lists come back at their next `GetLogTrees`,
+//! after the commit that freed them.
+//!
+//! Log merge: finalized log trees are merged into `fs_root` by [`Server::merge_finalized`]
+//! (items keep their seq; the greatest seq wins; deletions remove), then their blocks are
+//! freed. Finalization is coordinated so that every item of a merged tree is older than every
+//! item of the trees still open: trees without an open transaction are finalized at once,
+//! the others at their next commit, and the merge waits for all of them.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use scoutgw_blockdev::{BlockDevice, MetaDev};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use crate::alloc::extent;
+use crate::alloc::{ListAlloc, MetaList};
+use crate::btree::{self, BtreeError, BtreeWriter, Dirty, Item};
+use crate::format::key::zone;
+use crate::format::log_trees::{
+    log_trees_key, mounted_client_key, LogTrees, MountedClient, LOG_TREES_FINALIZED,
+};
+use crate::format::super_block::{CurrentSuper, DeviceRole};
+use crate::format::{AllocListHead, AllocRoot, FormatError, Key, SuperBlock, KIND_SUPER};
+use crate::msg::{Request, Response, Roots, ServerError, Statfs};
+
+/// Allocation policy of the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Block cache of the server's device handle.
+    pub cache_bytes: u64,
+    /// A client's metadata avail list is refilled to this many blocks...
+    pub client_meta_fill: u64,
+    /// ...when it holds fewer than this many.
+    pub client_meta_low: u64,
+    /// A client's data avail is refilled to this many 4 KiB blocks...
+    pub client_data_fill: u64,
+    /// ...when it holds fewer than this many.
+    pub client_data_low: u64,
+    /// The server keeps at least this many blocks in its own avail list...
+    pub server_meta_low: u64,
+    /// ...and returns blocks beyond this many to the extent allocator.
+    pub server_meta_high: u64,
+    /// A log tree is finalized (and later merged) once its btree is taller than this.
+    pub finalize_height: u8,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 << 20,
+            client_meta_fill: 4096,
+            client_meta_low: 2048,
+            client_data_fill: 1 << 20,
+            client_data_low: 1 << 18,
+            server_meta_low: 1024,
+            server_meta_high: 8192,
+            finalize_height: 2,
+        }
+    }
+}
+
+fn io(e: impl std::fmt::Display) -> ServerError {
+    ServerError::Io(e.to_string())
+}
+
+impl From<BtreeError> for ServerError {
+    fn from(e: BtreeError) -> Self {
+        match e {
+            BtreeError::NoSpace => ServerError::NoSpace("no free metadata blocks".into()),
+            BtreeError::Format(f) => ServerError::Corrupt(f.to_string()),
+            BtreeError::Block(b) if b.is_corruption() || b.is_stale() => {
+                ServerError::Corrupt(b.to_string())
+            }
+            other => ServerError::Io(other.to_string()),
+        }
+    }
+}
+
+impl From<FormatError> for ServerError {
+    fn from(e: FormatError) -> Self {
+        ServerError::Corrupt(e.to_string())
+    }
+}
+
+/// The server of one filesystem.
+pub struct Server {
+    md: Arc<MetaDev>,
+    cfg: ServerConfig,
+    /// The super block being changed by the open server transaction.
+    sb: SuperBlock,
+    /// The last super block written, and its slot.
+    stable: CurrentSuper,
+    /// The next core sequence number to hand out.
+    next_seq: u64,
+    dirty: Dirty,
+    alloc: ListAlloc,
+    greeted: HashSet<u64>,
+    /// Clients whose tree is to be finalized at their next commit.
+    finalize_pending: BTreeSet<u64>,
+    /// A commit failed: the in-memory state no longer matches the device.
+    failed: bool,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("fsid", &format_args!("{:016x}", self.sb.fsid()))
+            .field("next_seq", &self.next_seq)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Start serving the filesystem on `meta`: read the super block, the server's allocators
+    /// and every log tree, and set the core seq above every seq already persistent.
+    pub fn open(meta: Arc<dyn BlockDevice>, cfg: ServerConfig) -> Result<Self, ServerError> {
+        let current = SuperBlock::read_current(&*meta)?;
+        current.sb.check_device_size(&*meta, DeviceRole::Meta)?;
+        let md = Arc::new(MetaDev::new(meta, current.sb.fsid(), cfg.cache_bytes));
+        let sb = current.sb;
+        let mut avail = MetaList::load(&md, &sb.server_meta_avail[0])?;
+        let mut freed = MetaList::load(&md, &sb.server_meta_freed[0])?;
+        // The freed list of the last durable commit is reusable now.
+        for b in freed.take_entries() {
+            avail.push(b);
+        }
+        let mut max_seq = sb.seq.get();
+        for lt in all_log_trees(&md, None, &sb.logs_root)? {
+            max_seq = max_seq
+                .max(lt.max_item_seq.get())
+                .max(lt.get_trans_seq.get())
+                .max(lt.commit_trans_seq.get());
+        }
+        let mut server = Self {
+            md,
+            cfg,
+            sb,
+            stable: current,
+            next_seq: max_seq + 1,
+            dirty: Dirty::new(0),
+            alloc: ListAlloc::new(avail, freed),
+            greeted: HashSet::new(),
+            finalize_pending: BTreeSet::new(),
+            failed: false,
+        };
+        let seq = server.take_seq();
+        server.dirty = Dirty::new(seq);
+        Ok(server)
+    }
+
+    pub fn meta_dev(&self) -> &Arc<MetaDev> {
+        &self.md
+    }
+
+    pub fn fsid(&self) -> u64 {
+        self.sb.fsid()
+    }
+
+    /// The last super block written.
+    pub fn stable_super(&self) -> &SuperBlock {
+        &self.stable.sb
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq - 1
+    }
+
+    /// Answer one request from client `rid`.
+    pub fn handle(&mut self, rid: u64, req: Request) -> Result<Response, ServerError> {
+        if self.failed {
+            return Err(ServerError::Io(
+                "an earlier commit failed; the server must be restarted".into(),
+            ));
+        }
+        if !matches!(req, Request::Greeting { .. }) && !self.greeted.contains(&rid) {
+            return Err(ServerError::NotGreeted { rid });
+        }
+        let res = match req {
+            Request::Greeting {
+                fsid,
+                format_version,
+                rid,
+                ..
+            } => self.greeting(rid, fsid, format_version),
+            Request::AllocInodes { count } => self.alloc_inodes(count),
+            Request::GetLogTrees => self
+                .get_log_trees(rid)
+                .map(|lt| Response::LogTrees(Box::new(lt))),
+            Request::CommitLogTrees(lt) => self.commit_log_trees(rid, &lt),
+            Request::GetRoots => Ok(Response::Roots(self.roots())),
+            Request::GetLastSeq => self.last_seq().map(Response::LastSeq),
+            Request::Statfs => self.statfs().map(Response::Statfs),
+            Request::Farewell => self.farewell(rid),
+        };
+        if matches!(res, Err(ServerError::Io(_))) {
+            self.failed = true;
+        }
+        res
+    }
+
+    /// The roots of the last written super block.
+    pub fn roots(&self) -> Roots {
+        Roots {
+            fs_root: self.stable.sb.fs_root,
+            logs_root: self.stable.sb.logs_root,
+            srch_root: self.stable.sb.srch_root,
+        }
+    }
+
+    fn greeting(&mut self, rid: u64, fsid: u64, fmt: u64) -> Result<Response, ServerError> {
+        if fsid != self.sb.fsid() {
+            return Err(ServerError::WrongFsid {
+                client: fsid,
+                server: self.sb.fsid(),
+            });
+        }
+        if fmt != self.sb.fmt_vers.get() {
+            return Err(ServerError::WrongFormat {
+                client: fmt,
+                server: self.sb.fmt_vers.get(),
+            });
+        }
+        let key = mounted_client_key(rid);
+        if btree::lookup(&self.md, Some(&self.dirty), &self.sb.mounted_clients, &key)?.is_none() {
+            let mc = MountedClient::new_zeroed();
+            let mut w = BtreeWriter {
+                md: &self.md,
+                dirty: &mut self.dirty,
+                alloc: &mut self.alloc,
+            };
+            w.put(&mut self.sb.mounted_clients, item(key, mc.as_bytes()))?;
+            self.commit()?;
+        }
+        self.greeted.insert(rid);
+        Ok(Response::Greeting {
+            server_term: 0,
+            fsid: self.sb.fsid(),
+        })
+    }
+
+    fn alloc_inodes(&mut self, count: u64) -> Result<Response, ServerError> {
+        let count = count.clamp(1, crate::lock_names::INODES_PER_LOCK);
+        let first = self.sb.next_ino.get();
+        let next = first
+            .checked_add(count)
+            .ok_or_else(|| ServerError::NoSpace("inode numbers exhausted".into()))?;
+        self.sb.next_ino = next.into();
+        self.commit()?;
+        Ok(Response::AllocInodes { first, count })
+    }
+
+    /// The newest log_trees record of `rid`.
+    fn last_log_trees(&self, rid: u64) -> Result<Option<LogTrees>, ServerError> {
+        let item = btree::prev(
+            &self.md,
+            Some(&self.dirty),
+            &self.sb.logs_root,
+            &log_trees_key(rid, u64::MAX),
+            &log_trees_key(rid, 0),
+        )?;
+        item.map(|it| decode_log_trees(&it)).transpose()
+    }
+
+    fn store_log_trees(&mut self, lt: &LogTrees) -> Result<(), ServerError> {
+        let mut w = BtreeWriter {
+            md: &self.md,
+            dirty: &mut self.dirty,
+            alloc: &mut self.alloc,
+        };
+        w.put(&mut self.sb.logs_root, item(lt.key(), lt.as_bytes()))?;
+        Ok(())
+    }
+
+    /// Make sure the server's own avail list can satisfy `n` allocations.
+    fn ensure_server_avail(&mut self, n: u64) -> Result<(), ServerError> {
+        let want = n.max(self.cfg.server_meta_low);
+        while (self.alloc.avail.len() as u64) < want {
+            let need = want - self.alloc.avail.len() as u64;
+            let mut w = BtreeWriter {
+                md: &self.md,
+                dirty: &mut self.dirty,
+                alloc: &mut self.alloc,
+            };
+            let Some((start, len)) =
+                extent::alloc_extent(&mut w, &mut self.sb.meta_alloc[0], need)?
+            else {
+                break;
+            };
+            for b in start..start + len {
+                self.alloc.avail.push(b);
+            }
+        }
+        if self.alloc.avail.is_empty() {
+            return Err(ServerError::NoSpace("no free metadata blocks".into()));
+        }
+        Ok(())
+    }
+
+    /// Take up to `n` free metadata blocks for a client, from the extent allocator.
+    fn take_meta_blocks(&mut self, n: u64) -> Result<Vec<u64>, ServerError> {
+        let mut out = Vec::new();
+        while (out.len() as u64) < n {
+            let mut w = BtreeWriter {
+                md: &self.md,
+                dirty: &mut self.dirty,
+                alloc: &mut self.alloc,
+            };
+            let want = n - out.len() as u64;
+            match extent::alloc_extent(&mut w, &mut self.sb.meta_alloc[0], want)? {
+                Some((start, len)) => out.extend(start..start + len),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Move every block of a client's committed lists and data trees back to the server.
+    fn reclaim_client_allocators(&mut self, lt: &mut LogTrees) -> Result<(), ServerError> {
+        for head in [&mut lt.meta_avail, &mut lt.meta_freed] {
+            let mut list = MetaList::load(&self.md, head)?;
+            for b in list
+                .take_entries()
+                .into_iter()
+                .chain(list.take_list_blocks())
+            {
+                self.alloc.freed.push(b);
+            }
+            *head = AllocListHead::default();
+        }
+        for root in [&mut lt.data_avail, &mut lt.data_freed] {
+            self.return_data_extents(root)?;
+        }
+        Ok(())
+    }
+
+    /// Move every extent of a client data tree into `data_alloc` and free the tree.
+    fn return_data_extents(&mut self, root: &mut AllocRoot) -> Result<(), ServerError> {
+        let extents = extent::list_extents(&self.md, Some(&self.dirty), root)?;
+        let mut w = BtreeWriter {
+            md: &self.md,
+            dirty: &mut self.dirty,
+            alloc: &mut self.alloc,
+        };
+        for (start, len) in extents {
+            extent::free_extent(&mut w, &mut self.sb.data_alloc, start, len)?;
+        }
+        w.free_tree(&mut root.root)?;
+        *root = AllocRoot::default();
+        Ok(())
+    }
+
+    fn get_log_trees(&mut self, rid: u64) -> Result<LogTrees, ServerError> {
+        let mut lt = match self.last_log_trees(rid)? {
+            Some(lt) if !lt.is_finalized() => lt,
+            Some(mut fin) => {
+                // Start the next tree; it inherits the finalized tree's allocators.
+                let mut next = LogTrees::new_zeroed();
+                next.rid = rid.into();
+                next.nr = (fin.nr.get() + 1).into();
+                next.meta_avail = fin.meta_avail;
+                next.meta_freed = fin.meta_freed;
+                next.data_avail = fin.data_avail;
+                next.data_freed = fin.data_freed;
+                next.get_trans_seq = fin.commit_trans_seq;
+                next.commit_trans_seq = fin.commit_trans_seq;
+                fin.meta_avail = AllocListHead::default();
+                fin.meta_freed = AllocListHead::default();
+                fin.data_avail = AllocRoot::default();
+                fin.data_freed = AllocRoot::default();
+                self.store_log_trees(&fin)?;
+                next
+            }
+            None => {
+                let mut lt = LogTrees::new_zeroed();
+                lt.rid = rid.into();
+                lt.nr = 1.into();
+                lt
+            }
+        };
+        if lt.trans_open() {
+            // A resent request: the transaction is already open; answer as before.
+            return Ok(lt);
+        }
+        if lt.get_trans_seq.get() < lt.commit_trans_seq.get() {
+            return Err(ServerError::Corrupt(format!(
+                "log_trees {rid:016x}.{}: committed seq {} beyond opened seq {}",
+                lt.nr.get(),
+                lt.commit_trans_seq.get(),
+                lt.get_trans_seq.get()
+            )));
+        }
+        self.ensure_server_avail(64)?;
+
+        // The committed transaction's freed blocks are durable garbage now.
+        let mut freed = MetaList::load(&self.md, &lt.meta_freed)?;
+        for b in freed
+            .take_entries()
+            .into_iter()
+            .chain(freed.take_list_blocks())
+        {
+            self.alloc.freed.push(b);
+        }
+        lt.meta_freed = AllocListHead::default();
+
+        // Refill the metadata avail list.
+        let mut avail = MetaList::load(&self.md, &lt.meta_avail)?;
+        for b in avail.take_list_blocks() {
+            self.alloc.freed.push(b);
+        }
+        if (avail.len() as u64) < self.cfg.client_meta_low {
+            let more = self.take_meta_blocks(self.cfg.client_meta_fill - avail.len() as u64)?;
+            for b in more {
+                avail.push(b);
+            }
+        }
+        let seq = self.dirty.seq();
+        lt.meta_avail = avail.write_new(&self.md, seq, &mut self.alloc)?;
+
+        // Freed data extents go back to the core allocator; refill data avail.
+        self.return_data_extents(&mut lt.data_freed)?;
+        let mut have = lt.data_avail.total_len.get();
+        if have < self.cfg.client_data_low {
+            while have < self.cfg.client_data_fill {
+                let mut w = BtreeWriter {
+                    md: &self.md,
+                    dirty: &mut self.dirty,
+                    alloc: &mut self.alloc,
+                };
+                let want = self.cfg.client_data_fill - have;
+                let Some((s, l)) = extent::alloc_extent(&mut w, &mut self.sb.data_alloc, want)?
+                else {
+                    break;
+                };
+                extent::free_extent(&mut w, &mut lt.data_avail, s, l)?;
+                have += l;
+            }
+        }
+
+        lt.get_trans_seq = self.take_seq().into();
+        if lt.first_trans_seq.get() == 0 {
+            lt.first_trans_seq = lt.get_trans_seq;
+        }
+        self.store_log_trees(&lt)?;
+        self.commit()?;
+        Ok(lt)
+    }
+
+    fn commit_log_trees(&mut self, rid: u64, sent: &LogTrees) -> Result<Response, ServerError> {
+        if sent.rid.get() != rid {
+            return Err(ServerError::Invalid(format!(
+                "client {rid:016x} committed the log trees of {:016x}",
+                sent.rid.get()
+            )));
+        }
+        let key = log_trees_key(rid, sent.nr.get());
+        let Some(found) = btree::lookup(&self.md, Some(&self.dirty), &self.sb.logs_root, &key)?
+        else {
+            return Err(ServerError::Invalid(format!(
+                "commit for unknown log tree {rid:016x}.{}",
+                sent.nr.get()
+            )));
+        };
+        let stored = decode_log_trees(&found)?;
+        if stored.get_trans_seq != sent.get_trans_seq {
+            return Err(ServerError::WrongTransaction {
+                sent: sent.get_trans_seq.get(),
+                stored: stored.get_trans_seq.get(),
+            });
+        }
+        if !stored.trans_open() {
+            // Already committed, by us or by a previous server: nothing to do again.
+            return Ok(Response::Committed);
+        }
+        let mut new = *sent;
+        new.commit_trans_seq = stored.get_trans_seq;
+        new.flags = stored.flags;
+        new.finalize_seq = stored.finalize_seq;
+        if self.finalize_pending.remove(&rid) || new.item_root.height > self.cfg.finalize_height {
+            new.flags = (new.flags.get() | LOG_TREES_FINALIZED).into();
+            new.finalize_seq = self.next_seq.into();
+        }
+        self.store_log_trees(&new)?;
+        self.commit()?;
+        Ok(Response::Committed)
+    }
+
+    fn open_transactions(&self) -> Result<Vec<LogTrees>, ServerError> {
+        Ok(
+            all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)?
+                .into_iter()
+                .filter(|lt| lt.trans_open())
+                .collect(),
+        )
+    }
+
+    /// The stable seq: every item with a seq at or below it is in a committed tree, and no
+    /// open transaction can still write one.
+    pub fn last_seq(&self) -> Result<u64, ServerError> {
+        let mut last = self.next_seq - 1;
+        for lt in self.open_transactions()? {
+            last = last.min(lt.get_trans_seq.get() - 1);
+        }
+        Ok(last)
+    }
+
+    fn statfs(&self) -> Result<Statfs, ServerError> {
+        let mut free_meta = self.sb.meta_alloc[0].total_len.get()
+            + self.sb.meta_alloc[1].total_len.get()
+            + (self.alloc.avail.len() + self.alloc.freed.len()) as u64;
+        let mut free_data = self.sb.data_alloc.total_len.get();
+        for lt in all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)? {
+            free_meta += lt.meta_avail.total_nr.get() + lt.meta_freed.total_nr.get();
+            free_data += lt.data_avail.total_len.get() + lt.data_freed.total_len.get();
+        }
+        Ok(Statfs {
+            fsid: self.sb.fsid(),
+            committed_seq: self.stable.sb.seq.get(),
+            total_meta_blocks: self.sb.total_meta_blocks.get(),
+            free_meta_blocks: free_meta,
+            total_data_blocks: self.sb.total_data_blocks.get(),
+            free_data_blocks: free_data,
+            inode_count: self.sb.inode_count.get(),
+        })
+    }
+
+    fn farewell(&mut self, rid: u64) -> Result<Response, ServerError> {
+        let key = mounted_client_key(rid);
+        let mut w = BtreeWriter {
+            md: &self.md,
+            dirty: &mut self.dirty,
+            alloc: &mut self.alloc,
+        };
+        w.remove(&mut self.sb.mounted_clients, &key)?;
+        if let Some(mut lt) = self.last_log_trees(rid)? {
+            // The client committed everything it wanted kept before saying farewell; the
+            // transaction it has open is empty and closes here.
+            lt.commit_trans_seq = lt.get_trans_seq;
+            self.reclaim_client_allocators(&mut lt)?;
+            if !lt.is_finalized() && !lt.item_root.is_empty() {
+                lt.flags = (lt.flags.get() | LOG_TREES_FINALIZED).into();
+                lt.finalize_seq = self.next_seq.into();
+            }
+            if lt.item_root.is_empty() {
+                let mut w = BtreeWriter {
+                    md: &self.md,
+                    dirty: &mut self.dirty,
+                    alloc: &mut self.alloc,
+                };
+                if !lt.bloom_ref.is_null() {
+                    w.alloc.free_meta(lt.bloom_ref.blkno.get())?;
+                }
+                w.remove(&mut self.sb.logs_root, &lt.key())?;
+            } else {
+                self.store_log_trees(&lt)?;
+            }
+        }
+        self.greeted.remove(&rid);
+        self.finalize_pending.remove(&rid);
+        self.commit()?;
+        Ok(Response::FarewellDone)
+    }
+
+    /// Ask for every current log tree to be finalized so the next merge covers them. Trees
+    /// without an open transaction are finalized now, the others at their next commit.
+    pub fn request_merge(&mut self) -> Result<(), ServerError> {
+        for mut lt in all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)? {
+            if lt.is_finalized() || lt.item_root.is_empty() {
+                continue;
+            }
+            if lt.trans_open() {
+                self.finalize_pending.insert(lt.rid.get());
+            } else {
+                lt.flags = (lt.flags.get() | LOG_TREES_FINALIZED).into();
+                lt.finalize_seq = self.next_seq.into();
+                self.store_log_trees(&lt)?;
+            }
+        }
+        self.commit()
+    }
+
+    /// Merge every finalized log tree into `fs_root` and free it. Returns the number of
+    /// trees merged.
+    ///
+    /// Merged items keep their seq in `fs_root`, so readers still pick the newest version
+    /// across `fs_root` and the unmerged trees. A merged deletion stays in `fs_root` as a
+    /// tombstone while an unmerged tree could hold an older version of its key (its
+    /// `first_trans_seq` is not above the deletion's seq); otherwise it removes the key.
+    pub fn merge_finalized(&mut self) -> Result<usize, ServerError> {
+        let (inputs, others): (Vec<LogTrees>, Vec<LogTrees>) =
+            all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)?
+                .into_iter()
+                .partition(|lt| lt.is_finalized());
+        if inputs.is_empty() {
+            return Ok(0);
+        }
+        let oldest_unmerged = others
+            .iter()
+            .filter(|lt| lt.first_trans_seq.get() != 0)
+            .map(|lt| lt.first_trans_seq.get())
+            .min()
+            .unwrap_or(u64::MAX);
+        // Merge items in key order; for each key the greatest seq wins.
+        let mut cursors: Vec<LeafCursor> = inputs
+            .iter()
+            .map(|lt| LeafCursor::new(lt.item_root))
+            .collect();
+        let mut applied = 0u64;
+        loop {
+            let mut best: Option<Item> = None;
+            for c in cursors.iter_mut() {
+                if let Some(it) = c.peek(&self.md)? {
+                    best = match best {
+                        None => Some(it.clone()),
+                        Some(b) if it.key < b.key || (it.key == b.key && it.seq > b.seq) => {
+                            Some(it.clone())
+                        }
+                        Some(b) => Some(b),
+                    };
+                }
+            }
+            let Some(win) = best else { break };
+            for c in cursors.iter_mut() {
+                c.skip_key(&self.md, &win.key)?;
+            }
+            if applied.is_multiple_of(256) {
+                self.ensure_server_avail(256)?;
+            }
+            applied += 1;
+            let mut w = BtreeWriter {
+                md: &self.md,
+                dirty: &mut self.dirty,
+                alloc: &mut self.alloc,
+            };
+            let deletion = win.flags & crate::format::btree::ITEM_FLAG_DELETION != 0;
+            if deletion && win.seq < oldest_unmerged {
+                w.remove(&mut self.sb.fs_root, &win.key)?;
+            } else {
+                let mut merged = win;
+                merged.flags &= crate::format::btree::ITEM_FLAG_DELETION;
+                let seq = merged.seq;
+                // fs_root only holds items older than any finalized tree's; keep a newer one
+                // if that ever fails to hold rather than going back in time.
+                if let Some(old) = w.put(&mut self.sb.fs_root, merged)? {
+                    if old.seq > seq {
+                        w.put(&mut self.sb.fs_root, old)?;
+                    }
+                }
+            }
+        }
+        // Free the merged trees and their records.
+        let mut delta: i64 = 0;
+        for mut lt in inputs {
+            self.ensure_server_avail(64)?;
+            let mut w = BtreeWriter {
+                md: &self.md,
+                dirty: &mut self.dirty,
+                alloc: &mut self.alloc,
+            };
+            w.free_tree(&mut lt.item_root)?;
+            if !lt.bloom_ref.is_null() {
+                w.alloc.free_meta(lt.bloom_ref.blkno.get())?;
+            }
+            w.delete(&mut self.sb.logs_root, &lt.key())?;
+            self.reclaim_client_allocators(&mut lt)?;
+            delta += lt.inode_count_delta.get() as i64;
+        }
+        let count = (self.sb.inode_count.get() as i64 + delta).max(0) as u64;
+        self.sb.inode_count = count.into();
+        let merged = cursors.len();
+        self.commit()?;
+        Ok(merged)
+    }
+
+    /// Write the open server transaction and a new super block; durable when this returns.
+    pub fn commit(&mut self) -> Result<(), ServerError> {
+        let res = self.commit_inner();
+        if res.is_err() {
+            self.failed = true;
+        }
+        res
+    }
+
+    fn commit_inner(&mut self) -> Result<(), ServerError> {
+        self.ensure_server_avail(16)?;
+        self.trim_server_avail()?;
+        let seq = self.dirty.seq();
+        let next = self.take_seq();
+        self.dirty.write(&self.md, next)?;
+        let (avail, freed) = self.alloc.write_lists(&self.md, seq)?;
+        self.sb.server_meta_avail[0] = avail;
+        self.sb.server_meta_freed[0] = freed;
+        self.md.flush().map_err(io)?;
+        self.sb.seq = (self.next_seq - 1).into();
+        let slot = self.stable.next_blkno();
+        self.md
+            .write_block(KIND_SUPER, slot, seq, self.sb.to_block())
+            .map_err(io)?;
+        self.md.flush().map_err(io)?;
+        self.stable = CurrentSuper {
+            sb: self.sb,
+            blkno: slot,
+            other_problem: None,
+        };
+        // What this commit freed is reusable from now on.
+        for b in self.alloc.freed.take_entries() {
+            self.alloc.avail.push(b);
+        }
+        Ok(())
+    }
+
+    /// Return avail blocks beyond the high mark to the extent allocator.
+    fn trim_server_avail(&mut self) -> Result<(), ServerError> {
+        let high = self.cfg.server_meta_high as usize;
+        if self.alloc.avail.len() <= high {
+            return Ok(());
+        }
+        let mut all = self.alloc.avail.take_entries();
+        all.sort_unstable();
+        let keep = all.split_off(all.len() - high / 2);
+        for b in keep {
+            self.alloc.avail.push(b);
+        }
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for b in all {
+            match runs.last_mut() {
+                Some((s, l)) if *s + *l == b => *l += 1,
+                _ => runs.push((b, 1)),
+            }
+        }
+        let mut w = BtreeWriter {
+            md: &self.md,
+            dirty: &mut self.dirty,
+            alloc: &mut self.alloc,
+        };
+        for (s, l) in runs {
+            extent::free_extent(&mut w, &mut self.sb.meta_alloc[0], s, l)?;
+        }
+        Ok(())
+    }
+}
+
+fn item(key: Key, val: &[u8]) -> Item {
+    Item {
+        key,
+        seq: 0,
+        flags: 0,
+        val: val.to_vec(),
+    }
+}
+
+fn decode_log_trees(it: &Item) -> Result<LogTrees, ServerError> {
+    LogTrees::read_from_bytes(&it.val).map_err(|_| {
+        ServerError::Corrupt(format!(
+            "log_trees item {:?} has a value of {} bytes",
+            it.key,
+            it.val.len()
+        ))
+    })
+}
+
+/// Every log_trees record in `logs_root`.
+pub fn all_log_trees(
+    md: &MetaDev,
+    dirty: Option<&Dirty>,
+    logs_root: &crate::format::BtreeRoot,
+) -> Result<Vec<LogTrees>, ServerError> {
+    let first = Key::new(zone::LOG_TREES, 0, 0, 0, 0, 0);
+    let last = Key::new(
+        zone::LOG_TREES,
+        u64::MAX,
+        u8::MAX,
+        u64::MAX,
+        u64::MAX,
+        u8::MAX,
+    );
+    btree::range(md, dirty, logs_root, &first, &last)?
+        .iter()
+        .map(decode_log_trees)
+        .collect()
+}
+
+/// Reads one tree's items in order, a leaf at a time.
+struct LeafCursor {
+    root: crate::format::BtreeRoot,
+    items: std::collections::VecDeque<Item>,
+    next_start: Option<Key>,
+}
+
+impl LeafCursor {
+    fn new(root: crate::format::BtreeRoot) -> Self {
+        Self {
+            root,
+            items: Default::default(),
+            next_start: Some(Key::MIN),
+        }
+    }
+
+    fn peek(&mut self, md: &MetaDev) -> Result<Option<&Item>, BtreeError> {
+        while self.items.is_empty() {
+            let Some(start) = self.next_start else {
+                return Ok(None);
+            };
+            let leaf = btree::read_leaf(md, None, &self.root, &start, &Key::MAX)?;
+            self.items.extend(leaf.items);
+            self.next_start = if leaf.covered_end == Key::MAX {
+                None
+            } else {
+                leaf.covered_end.next()
+            };
+        }
+        Ok(self.items.front())
+    }
+
+    fn skip_key(&mut self, md: &MetaDev, key: &Key) -> Result<(), BtreeError> {
+        if let Some(it) = self.peek(md)? {
+            if it.key == *key {
+                self.items.pop_front();
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,383 @@
+//! The metadata engine end to end on real device files: server, clients, transactions,
+//! resends, merges, remounts and fsck.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use scoutgw_blockdev::{BlockDevice, DeviceOptions, FileDevice, MetaDev};
+use scoutgw_cluster::client::{Client, LocalServer};
+use scoutgw_cluster::format::key::zone;
+use scoutgw_cluster::format::Key;
+use scoutgw_cluster::fsck::fsck;
+use scoutgw_cluster::mkfs::{mkfs, MkfsOptions};
+use scoutgw_cluster::msg::{Request, Response, ServerLink};
+use scoutgw_cluster::server::{Server, ServerConfig};
+
+struct Fs {
+    _dir: tempfile::TempDir,
+    meta: std::path::PathBuf,
+    data: std::path::PathBuf,
+}
+
+fn open(path: &Path) -> Arc<dyn BlockDevice> {
+    Arc::new(FileDevice::open(path, DeviceOptions::default()).unwrap())
+}
+
+impl Fs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("meta");
+        let data = dir.path().join("data");
+        std::fs::File::create(&meta)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        std::fs::File::create(&data)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        let opts = MkfsOptions {
+            slots: vec!["0,127.0.0.1,7100".parse().unwrap()],
+            allow_small_size: true,
+            ..MkfsOptions::default()
+        };
+        mkfs(open(&meta), open(&data), &opts).unwrap();
+        Self {
+            _dir: dir,
+            meta,
+            data,
+        }
+    }
+
+    fn server(&self) -> Arc<LocalServer> {
+        let cfg = ServerConfig {
+            client_meta_fill: 256,
+            client_meta_low: 128,
+            client_data_fill: 4096,
+            client_data_low: 1024,
+            server_meta_low: 64,
+            server_meta_high: 512,
+            ..ServerConfig::default()
+        };
+        Arc::new(LocalServer::new(
+            Server::open(open(&self.meta), cfg).unwrap(),
+        ))
+    }
+
+    fn client(&self, server: &Arc<LocalServer>, rid: u64) -> Client {
+        let md = Arc::new(MetaDev::new(
+            open(&self.meta),
+            server.with(|s| s.fsid()),
+            16 << 20,
+        ));
+        Client::mount(md, server.clone(), rid).unwrap()
+    }
+
+    fn assert_fsck_clean(&self) {
+        let r = fsck(open(&self.meta), Some(open(&self.data))).unwrap();
+        assert!(r.is_clean(), "fsck: {:#?}", r.problems);
+    }
+}
+
+fn key(n: u64) -> Key {
+    Key::new(zone::FS, n / 16, 4, n % 16, 0, 0)
+}
+
+#[test]
+fn committed_items_survive_a_remount_and_fsck_is_clean() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut c = fs.client(&server, 1);
+    for n in 0..2000 {
+        c.put(key(n), format!("value {n}").into_bytes(), 0).unwrap();
+    }
+    c.commit().unwrap();
+    for n in (0..2000).step_by(3) {
+        c.delete(key(n), 0);
+    }
+    c.put(key(5000), vec![7; 896], 0).unwrap();
+    c.commit().unwrap();
+    // Uncommitted changes are lost with the mount.
+    c.put(key(9999), b"lost".to_vec(), 0).unwrap();
+    drop(c);
+    drop(server);
+    fs.assert_fsck_clean();
+
+    let server = fs.server();
+    let mut c = fs.client(&server, 2);
+    for n in 0..2000 {
+        let got = c.get(&key(n)).unwrap();
+        if n % 3 == 0 {
+            assert_eq!(got, None, "{n}");
+        } else {
+            assert_eq!(got, Some(format!("value {n}").into_bytes()), "{n}");
+        }
+    }
+    assert_eq!(c.get(&key(5000)).unwrap(), Some(vec![7; 896]));
+    assert_eq!(c.get(&key(9999)).unwrap(), None);
+    let all = c.range(&Key::MIN, &Key::MAX).unwrap();
+    assert_eq!(all.len(), 2000 - 667 + 1);
+    c.unmount().unwrap();
+    drop(server);
+    fs.assert_fsck_clean();
+}
+
+#[test]
+fn resent_get_and_commit_log_trees_change_nothing_twice() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let rid = 77;
+    let greet = Request::Greeting {
+        fsid: server.with(|s| s.fsid()),
+        format_version: 1,
+        rid,
+        server_term: 0,
+    };
+    server.call(rid, greet.clone()).unwrap();
+    server.call(rid, greet).unwrap();
+    let get = |s: &Arc<LocalServer>| match s.call(rid, Request::GetLogTrees).unwrap() {
+        Response::LogTrees(lt) => *lt,
+        other => panic!("{other:?}"),
+    };
+    let first = get(&server);
+    let again = get(&server);
+    assert_eq!(
+        first, again,
+        "a resent GetLogTrees must return the open transaction"
+    );
+    let free_before = match server.call(rid, Request::Statfs).unwrap() {
+        Response::Statfs(s) => s,
+        other => panic!("{other:?}"),
+    };
+    for _ in 0..3 {
+        match server
+            .call(rid, Request::CommitLogTrees(Box::new(first)))
+            .unwrap()
+        {
+            Response::Committed => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let free_after = match server.call(rid, Request::Statfs).unwrap() {
+        Response::Statfs(s) => s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(free_before.free_meta_blocks, free_after.free_meta_blocks);
+    assert_eq!(free_before.free_data_blocks, free_after.free_data_blocks);
+    // A commit of a transaction that is not the open one is refused.
+    let next = get(&server);
+    assert!(next.get_trans_seq.get() > first.get_trans_seq.get());
+    assert!(server
+        .call(rid, Request::CommitLogTrees(Box::new(first)))
+        .is_err());
+    drop(server);
+    fs.assert_fsck_clean();
+}
+
+#[test]
+fn requests_before_greeting_are_refused() {
+    let fs = Fs::new();
+    let server = fs.server();
+    assert!(server.call(5, Request::GetLogTrees).is_err());
+}
+
+#[test]
+fn two_clients_see_each_others_commits_and_merge_keeps_newest() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    let mut b = fs.client(&server, 2);
+    for n in 0..500 {
+        a.put(key(n), b"a1".to_vec(), 0).unwrap();
+    }
+    a.commit().unwrap();
+    b.refresh_roots().unwrap();
+    assert_eq!(b.get(&key(10)).unwrap(), Some(b"a1".to_vec()));
+    for n in 0..250 {
+        b.put(key(n), b"b1".to_vec(), 0).unwrap();
+    }
+    b.delete(key(400), 0);
+    b.commit().unwrap();
+    // Both have an (empty) open transaction: finalization waits for their next commit.
+    server.with(|s| s.request_merge()).unwrap();
+    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 0);
+    a.sync().unwrap();
+    b.sync().unwrap();
+    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 2);
+    // Newer writes after the merge win over merged items.
+    a.refresh_roots().unwrap();
+    a.put(key(0), b"a2".to_vec(), 0).unwrap();
+    a.commit().unwrap();
+    let mut c = fs.client(&server, 3);
+    assert_eq!(c.get(&key(0)).unwrap(), Some(b"a2".to_vec()));
+    assert_eq!(c.get(&key(1)).unwrap(), Some(b"b1".to_vec()));
+    assert_eq!(c.get(&key(300)).unwrap(), Some(b"a1".to_vec()));
+    assert_eq!(c.get(&key(400)).unwrap(), None);
+    assert_eq!(c.range(&Key::MIN, &Key::MAX).unwrap().len(), 499);
+    drop((a, b, c));
+    drop(server);
+    fs.assert_fsck_clean();
+}
+
+#[test]
+fn merging_one_tree_keeps_deletions_that_hide_older_items_in_unmerged_trees() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    let mut b = fs.client(&server, 2);
+    // A writes k (old), B later deletes it; only B's tree gets merged.
+    a.put(key(1), b"old".to_vec(), 0).unwrap();
+    a.commit().unwrap();
+    b.refresh_roots().unwrap();
+    b.delete(key(1), 0);
+    b.put(key(2), b"b".to_vec(), 0).unwrap();
+    b.commit().unwrap();
+    server.with(|s| s.request_merge()).unwrap();
+    b.sync().unwrap();
+    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
+    let mut c = fs.client(&server, 3);
+    assert_eq!(
+        c.get(&key(1)).unwrap(),
+        None,
+        "the merged deletion must still hide A's item"
+    );
+    assert_eq!(c.get(&key(2)).unwrap(), Some(b"b".to_vec()));
+    // Once A's tree is merged too, the key is gone for good.
+    a.sync().unwrap();
+    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
+    c.refresh_roots().unwrap();
+    assert_eq!(c.get(&key(1)).unwrap(), None);
+    assert_eq!(c.range(&Key::MIN, &Key::MAX).unwrap().len(), 1);
+    drop((a, b, c));
+    drop(server);
+    fs.assert_fsck_clean();
+}
+
+#[test]
+fn data_extents_come_from_the_client_and_return_on_free() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    let before = a.statfs().unwrap().free_data_blocks;
+    let (s, l) = a.alloc_data(100).unwrap().unwrap();
+    assert_eq!(l, 100);
+    a.put(key(1), s.to_le_bytes().to_vec(), 0).unwrap();
+    a.commit().unwrap();
+    assert_eq!(a.statfs().unwrap().free_data_blocks, before - 100);
+    a.free_data(s, l).unwrap();
+    a.commit().unwrap();
+    assert_eq!(a.statfs().unwrap().free_data_blocks, before);
+    drop(a);
+    drop(server);
+    // Blocks allocated to (not yet existing) files would be leaks; here all were returned.
+    fs.assert_fsck_clean();
+}
+
+#[test]
+fn last_seq_stays_below_open_transactions() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    let mut b = fs.client(&server, 2);
+    let open_a = a.trans_seq();
+    b.put(key(1), b"v".to_vec(), 0).unwrap();
+    b.commit().unwrap();
+    let last = b.last_seq().unwrap();
+    assert!(
+        last < open_a,
+        "last {last} must be below A's open transaction {open_a}"
+    );
+    a.put(key(2), b"v".to_vec(), 0).unwrap();
+    a.commit().unwrap();
+    assert!(b.last_seq().unwrap() >= open_a);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(usize, u64, u8),
+    Delete(usize, u64),
+    Commit(usize),
+    Merge,
+    Remount,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0..3usize, 0..300u64, any::<u8>()).prop_map(|(c, k, v)| Op::Put(c, k, v)),
+        3 => (0..3usize, 0..300u64).prop_map(|(c, k)| Op::Delete(c, k)),
+        3 => (0..3usize).prop_map(Op::Commit),
+        1 => Just(Op::Merge),
+        1 => Just(Op::Remount),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Three clients writing disjoint key sets (as cluster locks will guarantee), with
+    /// commits, merges and remounts in between: every client sees its own changes at once and
+    /// everyone's committed changes after a refresh; fsck stays clean.
+    #[test]
+    fn forest_matches_a_model(ops in proptest::collection::vec(op(), 1..120)) {
+        let fs = Fs::new();
+        let mut server = fs.server();
+        let mut clients: Vec<Client> = (0..3).map(|i| fs.client(&server, 10 + i)).collect();
+        // committed model and per-client uncommitted overlays
+        let mut committed: BTreeMap<Key, Vec<u8>> = BTreeMap::new();
+        let mut pending: Vec<BTreeMap<Key, Option<Vec<u8>>>> = vec![BTreeMap::new(); 3];
+        let own = |c: usize, k: u64| key(k * 3 + c as u64);
+        for op in ops {
+            match op {
+                Op::Put(c, k, v) => {
+                    clients[c].put(own(c, k), vec![v; (v as usize) % 200], 0).unwrap();
+                    pending[c].insert(own(c, k), Some(vec![v; (v as usize) % 200]));
+                }
+                Op::Delete(c, k) => {
+                    clients[c].delete(own(c, k), 0);
+                    pending[c].insert(own(c, k), None);
+                }
+                Op::Commit(c) => {
+                    clients[c].commit().unwrap();
+                    for (k, v) in std::mem::take(&mut pending[c]) {
+                        match v { Some(v) => { committed.insert(k, v); } None => { committed.remove(&k); } }
+                    }
+                }
+                Op::Merge => {
+                    server.with(|s| s.request_merge()).unwrap();
+                    // Like the server's sync request: clients commit, trees get finalized.
+                    for (c, cl) in clients.iter_mut().enumerate() {
+                        cl.sync().unwrap();
+                        for (k, v) in std::mem::take(&mut pending[c]) {
+                            match v { Some(v) => { committed.insert(k, v); } None => { committed.remove(&k); } }
+                        }
+                    }
+                    server.with(|s| s.merge_finalized()).unwrap();
+                }
+                Op::Remount => {
+                    for p in pending.iter_mut() { p.clear(); }
+                    clients.clear();
+                    drop(server);
+                    server = fs.server();
+                    clients = (0..3).map(|i| fs.client(&server, 10 + i)).collect();
+                }
+            }
+        }
+        for (c, cl) in clients.iter_mut().enumerate() {
+            cl.refresh_roots().unwrap();
+            let mut expect = committed.clone();
+            for (k, v) in &pending[c] {
+                match v { Some(v) => { expect.insert(*k, v.clone()); } None => { expect.remove(k); } }
+            }
+            // Only this client's own keys may differ from the committed view.
+            let got: BTreeMap<Key, Vec<u8>> = cl.range(&Key::MIN, &Key::MAX).unwrap()
+                .into_iter().map(|it| (it.key, it.val)).collect();
+            prop_assert_eq!(got, expect);
+        }
+        for c in clients.iter_mut() { c.commit().unwrap(); }
+        drop(clients);
+        drop(server);
+        fs.assert_fsck_clean();
+    }
+}
