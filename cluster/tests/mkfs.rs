@@ -151,3 +151,62 @@ fn existing_filesystem_is_kept_without_force() {
         "device changed"
     );
 }
+
+/// Rewrite both super block slots with `edit` applied.
+fn edit_super(
+    meta: &Arc<FileDevice>,
+    edit: impl FnOnce(&mut scoutgw_cluster::format::SuperBlock, &scoutgw_blockdev::MetaDev),
+) {
+    use scoutgw_cluster::format::layout::SUPER_BLKNOS;
+    use scoutgw_cluster::format::{SuperBlock, KIND_SUPER};
+    let dev = reopen(&**meta);
+    let mut sb = SuperBlock::read(&*dev).unwrap();
+    let md = scoutgw_blockdev::MetaDev::new(dev, sb.fsid(), 0);
+    edit(&mut sb, &md);
+    for blkno in SUPER_BLKNOS {
+        md.write_block(KIND_SUPER, blkno, sb.seq.get(), sb.to_block())
+            .unwrap();
+    }
+    md.flush().unwrap();
+}
+
+#[test]
+fn fsck_finds_leaked_and_doubly_claimed_blocks() {
+    use scoutgw_cluster::alloc::list::MetaList;
+    use scoutgw_cluster::alloc::ListAlloc;
+    use scoutgw_cluster::format::AllocListHead;
+    use scoutgw_cluster::fsck::fsck;
+
+    let dir = tempfile::tempdir().unwrap();
+    let meta = device_file(dir.path(), "meta", META_BYTES);
+    let data = device_file(dir.path(), "data", DATA_BYTES);
+    mkfs(meta.clone(), data.clone(), &opts(false)).unwrap();
+    assert!(fsck(reopen(&*meta), Some(reopen(&*data)))
+        .unwrap()
+        .is_clean());
+
+    // A freed list naming block 5, which the server's avail list already holds, stored in
+    // the last block, which meta_alloc[0] holds as free.
+    let last = (META_BYTES >> 16) - 1;
+    edit_super(&meta, |sb, md| {
+        let mut list = MetaList::from_entries(vec![5]);
+        let mut storage = ListAlloc::new(MetaList::from_entries(vec![last]), MetaList::new());
+        sb.server_meta_freed[0] = list.write_new(md, 1, &mut storage).unwrap();
+    });
+    let r = fsck(reopen(&*meta), Some(reopen(&*data))).unwrap();
+    let text = r.problems.join("\n");
+    assert!(text.contains("blocks 5..6"), "{text}");
+    assert!(text.contains(&format!("blocks {last}..")), "{text}");
+
+    // Forget the server's avail list: its 1024 blocks and its list block leak.
+    edit_super(&meta, |sb, _| {
+        sb.server_meta_freed[0] = AllocListHead::default();
+        sb.server_meta_avail[0] = AllocListHead::default();
+    });
+    let r = fsck(reopen(&*meta), Some(reopen(&*data))).unwrap();
+    let text = r.problems.join("\n");
+    assert!(
+        text.contains("blocks 4..") && text.contains("are neither referenced nor free"),
+        "{text}"
+    );
+}

@@ -31,6 +31,13 @@ pub enum Command {
     /// Every block read is verified; problems are listed and make the exit code 1.
     Print(PrintArgs),
 
+    /// Check a filesystem offline: every tree readable and ordered, allocator totals right,
+    /// every metadata and data block referenced or free exactly once.
+    ///
+    /// Exit codes follow e2fsck: 0 clean, 4 problems found, 8 could not check. Run it only
+    /// while no node has the filesystem mounted.
+    Fsck(FsckArgs),
+
     /// Set up a one-node filesystem on device files under a local folder and show it.
     ///
     /// Creates DIR/meta.dev and DIR/data.dev as sparse files if they are missing, makes a
@@ -85,6 +92,19 @@ pub struct PrintArgs {
     pub meta_dev: PathBuf,
 
     /// Print as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    /// The metadata device.
+    pub meta_dev: PathBuf,
+
+    /// The data device.
+    pub data_dev: PathBuf,
+
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }

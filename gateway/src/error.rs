@@ -5,6 +5,8 @@
 //! | 0 | success |
 //! | 1 | the command ran and failed: device I/O error, corruption found, no filesystem |
 //! | 2 | the request was refused: bad arguments, invalid quorum slots, devices too small, an existing filesystem without `--force` (also clap's code for unparsable arguments) |
+//!
+//! `scoutgw fsck` uses the e2fsck codes instead: 0 clean, 4 problems found, 8 could not check.
 
 use scoutgw_blockdev::BlockError;
 use scoutgw_cluster::mkfs::MkfsError;
@@ -33,6 +35,12 @@ pub enum CliError {
 
     #[error("{0} problem(s) found on the filesystem (listed above)")]
     Damaged(usize),
+
+    #[error("fsck: {0} problem(s) found (listed above)")]
+    FsckProblems(usize),
+
+    #[error("fsck: cannot check: {0}")]
+    FsckFailed(String),
 }
 
 impl CliError {
@@ -40,6 +48,8 @@ impl CliError {
         match self {
             CliError::Mkfs(e) if e.is_usage() => 2,
             CliError::Usage(_) => 2,
+            CliError::FsckProblems(_) => 4,
+            CliError::FsckFailed(_) => 8,
             _ => 1,
         }
     }

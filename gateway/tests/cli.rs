@@ -1096,3 +1096,30 @@ fn quickstart_refuses_a_data_device_that_belongs_to_no_filesystem() {
         .stderr_has("does not belong to it");
     assert!(read_bytes(&data, 0, 1 << 20).iter().all(|&b| b == 0));
 }
+
+#[test]
+fn fsck_of_a_new_filesystem_is_clean_and_damage_exits_4() {
+    let d = Devices::formatted_by_quickstart();
+    let out = scoutgw([
+        OsStr::new("fsck"),
+        d.meta.as_os_str(),
+        d.data.as_os_str(),
+        OsStr::new("--json"),
+    ]);
+    out.code(0);
+    let r = out.json();
+    assert_eq!(r["problems"], Value::Array(vec![]), "{out}");
+    // Damage: a free extent leaf that no longer verifies.
+    flip_byte(&d.meta, 2 * 65536 + 1000);
+    let out = scoutgw([OsStr::new("fsck"), d.meta.as_os_str(), d.data.as_os_str()]);
+    out.code(4)
+        .stdout_has("meta_alloc[0]")
+        .stdout_has("bad crc32c");
+    // No filesystem at all: cannot check.
+    let dir = TempDir::new().unwrap();
+    let zero = dir.path().join("zero.dev");
+    sparse_file(&zero, META_BYTES);
+    scoutgw([OsStr::new("fsck"), zero.as_os_str(), d.data.as_os_str()])
+        .code(8)
+        .stderr_has("no scoutgw filesystem");
+}

@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub mod fsck;
 pub mod mkfs;
 pub mod print;
 pub mod quickstart;
@@ -17,6 +18,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Mkfs(a) => mkfs::run(&a),
         Command::Print(a) => print::run(&a),
+        Command::Fsck(a) => fsck::run(&a),
         Command::Quickstart(a) => quickstart::run(&a),
     }
 }
