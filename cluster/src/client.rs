@@ -72,6 +72,48 @@ impl LocalServer {
     pub fn with<R>(&self, f: impl FnOnce(&mut Server) -> R) -> R {
         f(&mut self.server.lock().expect("server lock"))
     }
+
+    /// Merge finalized log trees in the background, every `interval`, until the returned
+    /// handle is dropped.
+    pub fn spawn_merger(self: &Arc<Self>, interval: std::time::Duration) -> MergerHandle {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (server, flag) = (Arc::downgrade(self), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("scoutgw-merge".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(interval);
+                    let Some(server) = server.upgrade() else {
+                        break;
+                    };
+                    if let Err(e) = server.with(|s| s.merge_finalized()) {
+                        // The server marks itself failed on I/O errors; nothing to retry.
+                        eprintln!("scoutgw: background merge failed: {e}");
+                        break;
+                    }
+                }
+            })
+            .expect("spawn merge thread");
+        MergerHandle {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// Stops the background merger when dropped.
+pub struct MergerHandle {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for MergerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl ServerLink for LocalServer {
@@ -100,6 +142,8 @@ pub struct Client {
     roots: Roots,
     log_trees: Vec<LogTrees>,
     failed: bool,
+    /// Reads retried because the roots they followed had gone stale.
+    stale_retries: u64,
 }
 
 impl std::fmt::Debug for Client {
@@ -143,6 +187,7 @@ impl Client {
             },
             log_trees: Vec::new(),
             failed: false,
+            stale_retries: 0,
         };
         c.open_trans()?;
         c.refresh_roots()?;
@@ -160,6 +205,11 @@ impl Client {
     /// The seq of the open transaction.
     pub fn trans_seq(&self) -> u64 {
         self.trans.as_ref().map_or(0, |t| t.lt.get_trans_seq.get())
+    }
+
+    /// Reads retried so far because their roots had gone stale.
+    pub fn stale_retries(&self) -> u64 {
+        self.stale_retries
     }
 
     /// Items changed in the open transaction.
@@ -203,7 +253,10 @@ impl Client {
     ) -> Result<R, ClientError> {
         for _ in 0..STALE_RETRIES {
             match f(self) {
-                Err(e) if e.is_stale() => self.refresh_roots()?,
+                Err(e) if e.is_stale() => {
+                    self.stale_retries += 1;
+                    self.refresh_roots()?
+                }
                 other => return other,
             }
         }

@@ -110,6 +110,8 @@ pub struct Server {
     finalize_pending: BTreeSet<u64>,
     /// A commit failed: the in-memory state no longer matches the device.
     failed: bool,
+    /// Log trees merged since the server started.
+    trees_merged: u64,
 }
 
 impl std::fmt::Debug for Server {
@@ -153,10 +155,16 @@ impl Server {
             greeted: HashSet::new(),
             finalize_pending: BTreeSet::new(),
             failed: false,
+            trees_merged: 0,
         };
         let seq = server.take_seq();
         server.dirty = Dirty::new(seq);
         Ok(server)
+    }
+
+    /// Log trees merged into fs_root since the server started.
+    pub fn trees_merged(&self) -> u64 {
+        self.trees_merged
     }
 
     pub fn meta_dev(&self) -> &Arc<MetaDev> {
@@ -322,6 +330,11 @@ impl Server {
                 Some((start, len)) => out.extend(start..start + len),
                 None => break,
             }
+        }
+        // The extent allocator ran dry: share the server's own avail beyond a reserve.
+        let reserve = (self.cfg.server_meta_low / 4).max(64) as usize;
+        while (out.len() as u64) < n && self.alloc.avail.len() > reserve {
+            out.push(self.alloc.avail.pop().expect("above reserve"));
         }
         Ok(out)
     }
@@ -680,6 +693,7 @@ impl Server {
         self.sb.inode_count = count.into();
         let merged = cursors.len();
         self.commit()?;
+        self.trees_merged += merged as u64;
         Ok(merged)
     }
 
