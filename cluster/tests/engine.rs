@@ -415,7 +415,7 @@ fn readers_stay_correct_while_trees_merge_in_the_background() {
             let mut reads = 0u64;
             let mut seen = vec![0u64; 300];
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if reads % 4 == 0 {
+                if reads.is_multiple_of(4) {
                     r.refresh_roots().unwrap();
                 }
                 let items = r.range(&Key::MIN, &Key::MAX).unwrap();
