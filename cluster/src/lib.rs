@@ -22,6 +22,7 @@ pub mod client;
 pub mod format;
 pub mod fsck;
 pub mod inspect;
+pub mod lock;
 pub mod lock_names;
 pub mod mkfs;
 pub mod msg;

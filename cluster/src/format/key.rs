@@ -20,6 +20,9 @@ pub mod zone {
     pub const QUOTA: u8 = 10;
     pub const XATTR_TOTL: u8 = 12;
     pub const XATTR_INDX: u8 = 14;
+    /// Items indexing `scoutfs.srch.` xattrs by name hash (scoutgw keeps these as items in
+    /// the forest rather than scoutfs's separate srch files).
+    pub const XATTR_SRCH: u8 = 15;
     pub const FS: u8 = 16;
     pub const LOCK: u8 = 20;
     pub const LOG_TREES: u8 = 24;
@@ -41,6 +44,7 @@ pub mod zone {
             QUOTA => "quota",
             XATTR_TOTL => "xattr_totl",
             XATTR_INDX => "xattr_indx",
+            XATTR_SRCH => "xattr_srch",
             FS => "fs",
             LOCK => "lock",
             LOG_TREES => "log_trees",
@@ -151,6 +155,12 @@ impl PartialEq for Key {
 }
 
 impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.sort_tuple().hash(state);
+    }
+}
 
 impl PartialOrd for Key {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {

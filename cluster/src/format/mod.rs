@@ -7,6 +7,7 @@
 pub mod alloc;
 pub mod bloom;
 pub mod btree;
+pub mod inode;
 pub mod key;
 pub mod layout;
 pub mod log_trees;

@@ -1,0 +1,210 @@
+//! Cluster lock modes, their rules, and the lock-client API every filesystem operation uses.
+//!
+//! A lock covers the key range of a lock group ([`crate::lock_names`]). The modes and their
+//! compatibility are those of scoutfs (digest §5.1): many readers, one writer, many
+//! write-only holders (for items another lock already serializes), and null grants that
+//! coexist with every mode on other nodes (seed 001, 2024-10-31).
+//!
+//! [`LockClient`] is what the filesystem layer calls. [`LocalLocks`] serves a single node: it
+//! grants at once (there is nobody to invalidate) and hands out write_seqs from the open
+//! transaction, which is what the item seq rule needs. The multi-node issue replaces the
+//! service behind the trait, not its callers.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::format::Key;
+use crate::lock_names::{lock_end, lock_start};
+
+/// A lock mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LockMode {
+    /// No access; a null grant is compatible with everything on other nodes.
+    Null,
+    /// Read and cache items; many holders.
+    Read,
+    /// Create and delete items without reading them; many holders.
+    WriteOnly,
+    /// Read and write items; exclusive.
+    Write,
+}
+
+impl LockMode {
+    /// Can a granted `self` be used for `want`?
+    pub fn satisfies(self, want: LockMode) -> bool {
+        self == want || (self == LockMode::Write && want == LockMode::Read)
+    }
+
+    /// Is a request for `self` by `req_rid` compatible with a grant of `granted` to
+    /// `grant_rid`? (The server's rule.)
+    pub fn compatible(self, req_rid: u64, granted: LockMode, grant_rid: u64) -> bool {
+        use LockMode::*;
+        if self == granted && matches!(self, Read | WriteOnly) {
+            return true;
+        }
+        if req_rid == grant_rid {
+            return granted == Read && self == Write;
+        }
+        self == Null || granted == Null
+    }
+
+    /// What a conflicting grant of `self` is reduced to when `requested` is wanted.
+    pub fn invalidate_to(self, requested: LockMode) -> LockMode {
+        if self == LockMode::Write && requested == LockMode::Read {
+            LockMode::Read
+        } else {
+            LockMode::Null
+        }
+    }
+}
+
+/// A held lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lock {
+    pub start: Key,
+    pub end: Key,
+    pub mode: LockMode,
+    /// Items written under this lock get at least this seq.
+    pub write_seq: u64,
+}
+
+impl Lock {
+    pub fn covers(&self, key: &Key) -> bool {
+        self.start <= *key && *key <= self.end
+    }
+}
+
+/// Why a lock could not be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LockError {
+    #[error("lock service unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What the filesystem layer calls to lock key ranges.
+pub trait LockClient: Send + Sync {
+    /// Lock the group holding `key` in `mode`. `trans_seq` is the caller's open transaction.
+    fn lock(&self, key: &Key, mode: LockMode, trans_seq: u64) -> Result<Lock, LockError>;
+    /// Release one use of a lock (the grant may be kept cached).
+    fn unlock(&self, lock: &Lock);
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    mode: Option<LockMode>,
+    users: u64,
+    write_seq: u64,
+    grants: u64,
+}
+
+/// The lock service of a single-node cluster: every request is granted at once.
+#[derive(Debug, Default)]
+pub struct LocalLocks {
+    held: Mutex<HashMap<Key, Held>>,
+}
+
+impl LocalLocks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Grants made per lock group so far (for tests and metrics).
+    pub fn grants(&self, key: &Key) -> u64 {
+        self.held
+            .lock()
+            .expect("lock table")
+            .get(&lock_start(key))
+            .map_or(0, |h| h.grants)
+    }
+}
+
+impl LockClient for LocalLocks {
+    fn lock(&self, key: &Key, mode: LockMode, trans_seq: u64) -> Result<Lock, LockError> {
+        let start = lock_start(key);
+        let mut table = self.held.lock().expect("lock table");
+        let h = table.entry(start).or_default();
+        let granted = h.mode.is_some_and(|m| m.satisfies(mode));
+        if !granted {
+            h.mode = Some(match h.mode {
+                Some(m) if m > mode => m,
+                _ => mode,
+            });
+            h.grants += 1;
+            if matches!(mode, LockMode::Write | LockMode::WriteOnly) {
+                h.write_seq = h.write_seq.max(trans_seq);
+            }
+        }
+        h.users += 1;
+        Ok(Lock {
+            start,
+            end: lock_end(key),
+            mode: h.mode.expect("granted"),
+            write_seq: h.write_seq,
+        })
+    }
+
+    fn unlock(&self, lock: &Lock) {
+        let mut table = self.held.lock().expect("lock table");
+        if let Some(h) = table.get_mut(&lock.start) {
+            h.users = h.users.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LockMode::*;
+    use super::*;
+
+    #[test]
+    fn compatibility_follows_the_scoutfs_rules() {
+        // Same shared mode on different nodes.
+        assert!(Read.compatible(1, Read, 2));
+        assert!(WriteOnly.compatible(1, WriteOnly, 2));
+        // Writers exclude everyone else.
+        assert!(!Write.compatible(1, Read, 2));
+        assert!(!Read.compatible(1, Write, 2));
+        assert!(!Write.compatible(1, Write, 2));
+        assert!(!WriteOnly.compatible(1, Read, 2));
+        // Upgrade of one's own read grant.
+        assert!(Write.compatible(1, Read, 1));
+        assert!(!Read.compatible(1, Write, 1));
+    }
+
+    /// Seed 001 (2024-10-31): null grants are compatible with every mode on other nodes,
+    /// and a null request against one's own grant is an invalidation of it.
+    #[test]
+    fn null_locks_are_compatible_across_nodes_seed_001_2024_10_31() {
+        for m in [Null, Read, WriteOnly, Write] {
+            assert!(Null.compatible(1, m, 2), "{m:?}");
+            assert!(m.compatible(1, Null, 2), "{m:?}");
+        }
+        for m in [Read, WriteOnly, Write] {
+            assert!(!Null.compatible(1, m, 1), "{m:?}");
+        }
+    }
+
+    #[test]
+    fn write_downgrades_to_read_for_readers_else_to_null() {
+        assert_eq!(Write.invalidate_to(Read), Read);
+        assert_eq!(Write.invalidate_to(Write), Null);
+        assert_eq!(Read.invalidate_to(Write), Null);
+    }
+
+    #[test]
+    fn local_locks_grant_and_reuse() {
+        let l = LocalLocks::new();
+        let k = Key::new(16, 5, 4, 0, 0, 0);
+        let a = l.lock(&k, Read, 10).unwrap();
+        assert!(a.covers(&Key::new(16, 1023, 8, 1, 1, 1)));
+        let b = l.lock(&k, Read, 10).unwrap();
+        assert_eq!(l.grants(&k), 1, "a held read grant serves the second read");
+        let w = l.lock(&k, Write, 12).unwrap();
+        assert_eq!(w.write_seq, 12);
+        assert_eq!(l.grants(&k), 2);
+        assert!(l.lock(&k, Read, 13).unwrap().mode.satisfies(Read));
+        for x in [a, b, w] {
+            l.unlock(&x);
+        }
+    }
+}
