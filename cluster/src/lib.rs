@@ -20,6 +20,7 @@ pub mod alloc;
 pub mod btree;
 pub mod client;
 pub mod format;
+pub mod fs;
 pub mod fsck;
 pub mod inspect;
 pub mod lock;

@@ -13,9 +13,10 @@
 //! | 2 | leaf of `meta_alloc[0]`: the free metadata extent |
 //! | 3 | leaf of `data_alloc`: the free data extent |
 //! | 4 | alloc list block: the first metadata blocks of `server_meta_avail[0]` |
-//! | 5.. | free: the first [`SERVER_AVAIL_FILL`] (or fewer) in the list, the rest in `meta_alloc[0]` |
+//! | 5 | leaf of `fs_root`: the root directory's inode and its `meta_seq` index item |
+//! | 6.. | free: the first [`SERVER_AVAIL_FILL`] (or fewer) in the list, the rest in `meta_alloc[0]` |
 //!
-//! All other trees (`meta_alloc[1]`, `fs_root`, `logs_root`, `log_merge`, `mounted_clients`,
+//! All other trees (`meta_alloc[1]`, `logs_root`, `log_merge`, `mounted_clients`,
 //! `srch_root`) start empty.
 
 use std::collections::BTreeSet;
@@ -320,7 +321,8 @@ pub fn mkfs(
     let meta_alloc_blkno = META_DEV_START_BLKNO;
     let data_alloc_blkno = META_DEV_START_BLKNO + 1;
     let avail_list_blkno = META_DEV_START_BLKNO + 2;
-    let first_free_meta = META_DEV_START_BLKNO + 3;
+    let fs_root_blkno = META_DEV_START_BLKNO + 3;
+    let first_free_meta = META_DEV_START_BLKNO + 4;
     let free_meta = total_meta_blocks - first_free_meta;
     let avail_nr = SERVER_AVAIL_FILL
         .min(free_meta / 4)
@@ -380,6 +382,7 @@ pub fn mkfs(
         }
     }
     md.write_block(KIND_ALLOC_LIST, avail_list_blkno, seq, list)?;
+    md.write_block(KIND_BTREE, fs_root_blkno, seq, root_dir_leaf(seq))?;
 
     // 3. Quorum blocks: one per slot, all slots, so later config changes find them ready.
     for slot in 0..QUORUM_MAX_SLOTS as u64 {
@@ -396,6 +399,8 @@ pub fn mkfs(
     sb.uuid = uuid;
     sb.seq = seq.into();
     sb.next_ino = FIRST_ALLOC_INO.into();
+    sb.inode_count = 1.into();
+    sb.fs_root = BtreeRoot::new(BlockRef::new(fs_root_blkno, seq), 1);
     sb.total_meta_blocks = total_meta_blocks.into();
     sb.total_data_blocks = total_data_blocks.into();
     sb.first_meta_blkno = META_DEV_START_BLKNO.into();
@@ -445,6 +450,37 @@ pub fn mkfs(
         free_data_blocks: data_len,
         quorum_slots: slots.iter().map(|s| s.to_string()).collect(),
     })
+}
+
+/// The fs_root leaf of a new filesystem: the root directory (mode 0755, owned by root) and
+/// its `meta_seq` index item, both at seq `seq`.
+fn root_dir_leaf(seq: u64) -> BlockBuf {
+    use crate::format::inode::{index_key, inode_key, ty, InodeItem, DIRENT_FIRST_POS, ROOT_INO};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ts = crate::format::Timespec {
+        sec: now.as_secs().into(),
+        nsec: now.subsec_nanos().into(),
+        _pad: [0; 4],
+    };
+    let mut i = InodeItem::new_zeroed();
+    i.mode = (0o040000u32 | 0o755).into();
+    i.nlink = 2.into();
+    i.generation = 1.into();
+    i.meta_seq = seq.into();
+    i.next_readdir_pos = DIRENT_FIRST_POS.into();
+    i.next_xattr_id = 1.into();
+    i.atime = ts;
+    i.mtime = ts;
+    i.ctime = ts;
+    i.crtime = ts;
+    let mut b = BtreeBlockBuilder::new(0);
+    b.push(index_key(ty::META_SEQ, seq, ROOT_INO), seq, 0, &[])
+        .expect("fits an empty leaf");
+    b.push(inode_key(ROOT_INO), seq, 0, i.as_bytes())
+        .expect("fits an empty leaf");
+    b.finish()
 }
 
 /// The usual 8-4-4-4-12 text form of a uuid.

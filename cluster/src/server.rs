@@ -656,20 +656,19 @@ impl Server {
                 dirty: &mut self.dirty,
                 alloc: &mut self.alloc,
             };
+            // Trees are merged as they are finalized, not in seq order: fs_root may already
+            // hold a newer version (from a tree merged earlier), which must win.
+            let existing = btree::lookup(&self.md, Some(&*w.dirty), &self.sb.fs_root, &win.key)?;
+            if existing.is_some_and(|e| e.seq > win.seq) {
+                continue;
+            }
             let deletion = win.flags & crate::format::btree::ITEM_FLAG_DELETION != 0;
             if deletion && win.seq < oldest_unmerged {
                 w.remove(&mut self.sb.fs_root, &win.key)?;
             } else {
                 let mut merged = win;
                 merged.flags &= crate::format::btree::ITEM_FLAG_DELETION;
-                let seq = merged.seq;
-                // fs_root only holds items older than any finalized tree's; keep a newer one
-                // if that ever fails to hold rather than going back in time.
-                if let Some(old) = w.put(&mut self.sb.fs_root, merged)? {
-                    if old.seq > seq {
-                        w.put(&mut self.sb.fs_root, old)?;
-                    }
-                }
+                w.put(&mut self.sb.fs_root, merged)?;
             }
         }
         // Free the merged trees and their records.

@@ -89,8 +89,20 @@ impl Fs {
     }
 }
 
+/// Test keys live far above the inode numbers mkfs uses (the root directory is inode 1).
+const KEY_BASE: u64 = 1 << 40;
+
 fn key(n: u64) -> Key {
-    Key::new(zone::FS, n / 16, 4, n % 16, 0, 0)
+    Key::new(zone::FS, KEY_BASE + n / 16, 4, n % 16, 0, 0)
+}
+
+/// The first and last possible test keys.
+fn lo() -> Key {
+    Key::new(zone::FS, KEY_BASE, 0, 0, 0, 0)
+}
+
+fn hi() -> Key {
+    Key::MAX
 }
 
 #[test]
@@ -125,7 +137,7 @@ fn committed_items_survive_a_remount_and_fsck_is_clean() {
     }
     assert_eq!(c.get(&key(5000)).unwrap(), Some(vec![7; 896]));
     assert_eq!(c.get(&key(9999)).unwrap(), None);
-    let all = c.range(&Key::MIN, &Key::MAX).unwrap();
+    let all = c.range(&lo(), &hi()).unwrap();
     assert_eq!(all.len(), 2000 - 667 + 1);
     c.unmount().unwrap();
     drop(server);
@@ -223,7 +235,7 @@ fn two_clients_see_each_others_commits_and_merge_keeps_newest() {
     assert_eq!(c.get(&key(1)).unwrap(), Some(b"b1".to_vec()));
     assert_eq!(c.get(&key(300)).unwrap(), Some(b"a1".to_vec()));
     assert_eq!(c.get(&key(400)).unwrap(), None);
-    assert_eq!(c.range(&Key::MIN, &Key::MAX).unwrap().len(), 499);
+    assert_eq!(c.range(&lo(), &hi()).unwrap().len(), 499);
     drop((a, b, c));
     drop(server);
     fs.assert_fsck_clean();
@@ -257,7 +269,7 @@ fn merging_one_tree_keeps_deletions_that_hide_older_items_in_unmerged_trees() {
     assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
     c.refresh_roots().unwrap();
     assert_eq!(c.get(&key(1)).unwrap(), None);
-    assert_eq!(c.range(&Key::MIN, &Key::MAX).unwrap().len(), 1);
+    assert_eq!(c.range(&lo(), &hi()).unwrap().len(), 1);
     drop((a, b, c));
     drop(server);
     fs.assert_fsck_clean();
@@ -379,7 +391,7 @@ proptest! {
                 match v { Some(v) => { expect.insert(*k, v.clone()); } None => { expect.remove(k); } }
             }
             // Only this client's own keys may differ from the committed view.
-            let got: BTreeMap<Key, Vec<u8>> = cl.range(&Key::MIN, &Key::MAX).unwrap()
+            let got: BTreeMap<Key, Vec<u8>> = cl.range(&lo(), &hi()).unwrap()
                 .into_iter().map(|it| (it.key, it.val)).collect();
             prop_assert_eq!(got, expect);
         }
@@ -418,7 +430,7 @@ fn readers_stay_correct_while_trees_merge_in_the_background() {
                 if reads.is_multiple_of(4) {
                     r.refresh_roots().unwrap();
                 }
-                let items = r.range(&Key::MIN, &Key::MAX).unwrap();
+                let items = r.range(&lo(), &hi()).unwrap();
                 assert_eq!(items.len(), 300);
                 // Without cluster locks a read that retried on a stale root may mix
                 // commits, but no key may ever go back to an older round or show garbage.
@@ -485,7 +497,7 @@ fn a_reader_following_old_roots_sees_its_snapshot_or_fresh_state() {
         w.sync().unwrap();
         server.with(|s| s.merge_finalized()).unwrap();
     }
-    let all = r.range(&Key::MIN, &Key::MAX).unwrap();
+    let all = r.range(&lo(), &hi()).unwrap();
     assert_eq!(all.len(), 300);
     let old = all.iter().all(|it| it.val == 0u64.to_le_bytes());
     let new = all.iter().all(|it| it.val == 30u64.to_le_bytes());
@@ -495,8 +507,37 @@ fn a_reader_following_old_roots_sees_its_snapshot_or_fresh_state() {
         .all(|it| it.val == 0u64.to_le_bytes() || it.val == 30u64.to_le_bytes()));
     r.refresh_roots().unwrap();
     assert!(r
-        .range(&Key::MIN, &Key::MAX)
+        .range(&lo(), &hi())
         .unwrap()
         .iter()
         .all(|it| it.val == 30u64.to_le_bytes()));
+}
+
+/// Trees are merged in the order they are finalized, not in seq order: an old deletion
+/// merged after a newer write of the same key was merged must not remove that write.
+#[test]
+fn an_old_deletion_merged_late_keeps_a_newer_merged_item() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    let mut b = fs.client(&server, 2);
+    a.put(key(1), b"v0".to_vec(), 0).unwrap();
+    a.commit().unwrap();
+    a.delete(key(1), 0);
+    a.commit().unwrap();
+    // B's write comes after A's deletion in lock order: its write lock's write_seq (here,
+    // a seq above A's) orders it after the deletion even though B's transaction opened first.
+    let write_seq = a.trans_seq();
+    b.put(key(1), b"v2".to_vec(), write_seq).unwrap();
+    b.commit().unwrap();
+    server.with(|s| s.request_merge()).unwrap();
+    b.sync().unwrap();
+    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
+    a.sync().unwrap();
+    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
+    let mut c = fs.client(&server, 3);
+    assert_eq!(c.get(&key(1)).unwrap(), Some(b"v2".to_vec()));
+    drop((a, b, c));
+    drop(server);
+    fs.assert_fsck_clean();
 }

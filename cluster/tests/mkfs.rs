@@ -47,8 +47,9 @@ fn mkfs_puts_every_block_in_exactly_one_allocator() {
     let listed: u64 = r.alloc_lists.iter().map(|l| l.entries).sum();
     let in_trees: u64 = r.trees.iter().filter_map(|t| t.free_blocks).sum::<u64>()
         - r.super_block.data_alloc_free_blocks;
-    // Blocks 0,1 (reserved), 2,3 (allocator leaves) and 4 (avail list) are in use.
-    assert_eq!(listed + in_trees, total_meta - 5);
+    // Blocks 0,1 (reserved), 2,3 (allocator leaves), 4 (avail list) and 5 (fs_root leaf
+    // with the root directory) are in use.
+    assert_eq!(listed + in_trees, total_meta - 6);
     assert_eq!(
         r.super_block.data_alloc_free_blocks,
         (DATA_BYTES >> 12) - DATA_DEV_START_BLKNO

@@ -45,7 +45,7 @@ const MIN_DATA_BYTES: u64 = 16 * MIB;
 /// Metadata blocks that are never free after mkfs: 0 and 1 (the first 128 KiB, holding the
 /// super and quorum blocks), the `meta_alloc[0]` leaf (2), the `data_alloc` leaf (3) and the
 /// `server_meta_avail[0]` list block (4).
-const META_BLOCKS_IN_USE: u64 = 5;
+const META_BLOCKS_IN_USE: u64 = 6;
 /// Data blocks below the first allocatable one (the first 256 KiB).
 const DATA_BLOCKS_RESERVED: u64 = 64;
 
@@ -449,7 +449,8 @@ fn check_fresh_report(r: &Value, meta_bytes: u64, data_bytes: u64, slots: &[(u64
         assert_eq!(q["error"], Value::Null, "{ctx}");
     }
 
-    // Trees: every one present, without error; only the two allocators hold anything.
+    // Trees: every one present, without error; only the two allocators and fs_root (the
+    // root directory's inode and its meta_seq index item) hold anything.
     let trees = &r["trees"];
     let names: Vec<&str> = trees
         .as_array()
@@ -465,6 +466,10 @@ fn check_fresh_report(r: &Value, meta_bytes: u64, data_bytes: u64, slots: &[(u64
             assert_eq!(u(&t["height"]), 1, "{name}: {ctx}");
             assert_eq!(u(&t["blocks"]), 1, "{name}: {ctx}");
             assert_eq!(u(&t["free_extents"]), 1, "{name}: {ctx}");
+        } else if name == "fs_root" {
+            assert_eq!(u(&t["height"]), 1, "{name}: {ctx}");
+            assert_eq!(u(&t["root_blkno"]), 5, "{name}: {ctx}");
+            assert_eq!(u(&t["items"]), 2, "{name}: {ctx}");
         } else {
             assert_eq!(u(&t["height"]), 0, "{name} is not empty: {ctx}");
             assert_eq!(u(&t["root_blkno"]), 0, "{name} is not empty: {ctx}");
@@ -475,7 +480,7 @@ fn check_fresh_report(r: &Value, meta_bytes: u64, data_bytes: u64, slots: &[(u64
     assert_eq!(u(&named(trees, "meta_alloc[0]")["root_blkno"]), 2, "{ctx}");
     assert_eq!(u(&named(trees, "data_alloc")["root_blkno"]), 3, "{ctx}");
 
-    // Free space: every metadata block but the five in use is either in meta_alloc[0] or in
+    // Free space: every metadata block but the six in use is either in meta_alloc[0] or in
     // the server's avail list; every data block past the reserved 256 KiB is in data_alloc.
     let meta_alloc_free = u(&sb["meta_alloc_free_blocks"][0]);
     assert_eq!(u(&sb["meta_alloc_free_blocks"][1]), 0, "{ctx}");

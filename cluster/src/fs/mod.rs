@@ -1,0 +1,238 @@
+//! The POSIX filesystem on top of the metadata engine: one [`Fs`] handle per mount, used by
+//! the NFS export, the HTTP API and the archive daemon alike. Nothing here knows about NFS or
+//! HTTP.
+//!
+//! Every operation takes the cluster locks it needs on the lock groups it touches (in key
+//! order), changes items in the client's open transaction, and updates the `meta_seq` /
+//! `data_seq` index items of the inodes it changed. File contents live on the data device in
+//! extents allocated from the client's data allocator; data blocks are flushed before the
+//! transaction that references them commits.
+//!
+//! Submodules: [`types`] (attributes, errors), `inode` (inode items and indexes), `dir`
+//! (entries, lookup, readdir, rename), `data` (read, write, truncate, extents), `xattr`,
+//! `archive` (data_version, release, stage, data waiting).
+
+mod archive;
+mod data;
+mod dir;
+mod inode;
+pub mod types;
+mod xattr;
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use scoutgw_blockdev::{BlockDevice, DataDev, MetaDev};
+
+use crate::client::Client;
+use crate::format::inode::inode_key;
+use crate::format::Key;
+use crate::lock::{Lock, LockClient, LockMode};
+use crate::msg::ServerLink;
+
+pub use archive::{DataWaiter, StatMore};
+pub use data::MAX_FILE_SIZE;
+pub use types::*;
+pub use xattr::XattrSet;
+
+/// Tunables of a mount.
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    /// Commit the open transaction once this many items are dirty.
+    pub max_dirty_items: usize,
+    /// How long a read of offline data waits for staging before failing with `Offline`.
+    pub data_wait_timeout: Duration,
+    /// Inode numbers fetched from the server per batch.
+    pub ino_batch: u64,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        Self {
+            max_dirty_items: 50_000,
+            data_wait_timeout: Duration::from_secs(30),
+            ino_batch: 1024,
+        }
+    }
+}
+
+/// State behind the mount's mutex.
+pub(crate) struct Inner {
+    pub client: Client,
+    pub ino_next: u64,
+    pub ino_end: u64,
+    /// Data blocks written since the last commit (flush the data device before committing).
+    pub data_dirty: bool,
+}
+
+/// A mounted filesystem.
+pub struct Fs {
+    inner: Mutex<Inner>,
+    data: DataDev,
+    locks: Arc<dyn LockClient>,
+    opts: FsOptions,
+    waiters: archive::Waiters,
+    wake: Condvar,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs").finish_non_exhaustive()
+    }
+}
+
+/// Locks held by one operation, released on drop.
+pub(crate) struct Held<'a> {
+    locks: &'a dyn LockClient,
+    held: Vec<Lock>,
+}
+
+impl Held<'_> {
+    /// The greatest write_seq of the held locks (the item seq floor).
+    pub fn write_seq(&self) -> u64 {
+        self.held.iter().map(|l| l.write_seq).max().unwrap_or(0)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        for l in &self.held {
+            self.locks.unlock(l);
+        }
+    }
+}
+
+impl Fs {
+    /// Mount: greet the server as `rid` and open the first transaction.
+    pub fn mount(
+        md: Arc<MetaDev>,
+        data_dev: Arc<dyn BlockDevice>,
+        link: Arc<dyn ServerLink>,
+        locks: Arc<dyn LockClient>,
+        rid: u64,
+        opts: FsOptions,
+    ) -> Result<Self, FsError> {
+        let client = Client::mount(md, link, rid)?;
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                client,
+                ino_next: 0,
+                ino_end: 0,
+                data_dirty: false,
+            }),
+            data: DataDev::new(data_dev),
+            locks,
+            opts,
+            waiters: archive::Waiters::default(),
+            wake: Condvar::new(),
+        })
+    }
+
+    pub(crate) fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn data_dev(&self) -> &DataDev {
+        &self.data
+    }
+
+    pub(crate) fn opts(&self) -> &FsOptions {
+        &self.opts
+    }
+
+    /// Lock the groups of `inos` (deduplicated, in key order) in `mode`.
+    pub(crate) fn lock_inodes(
+        &self,
+        inner: &Inner,
+        inos: &[u64],
+        mode: LockMode,
+    ) -> Result<Held<'_>, FsError> {
+        let mut keys: Vec<Key> = inos
+            .iter()
+            .map(|i| crate::lock_names::lock_start(&inode_key(*i)))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        self.lock_keys(inner, &keys, mode)
+    }
+
+    pub(crate) fn lock_keys(
+        &self,
+        inner: &Inner,
+        keys: &[Key],
+        mode: LockMode,
+    ) -> Result<Held<'_>, FsError> {
+        let mut held = Held {
+            locks: &*self.locks,
+            held: Vec::new(),
+        };
+        let seq = inner.client.trans_seq();
+        for k in keys {
+            held.held.push(
+                self.locks
+                    .lock(k, mode, seq)
+                    .map_err(|e| FsError::Io(e.to_string()))?,
+            );
+        }
+        Ok(held)
+    }
+
+    /// Commit if the open transaction has grown past its limit.
+    pub(crate) fn maybe_commit(&self, inner: &mut Inner) -> Result<(), FsError> {
+        if inner.client.dirty_items() >= self.opts.max_dirty_items {
+            self.commit_locked(inner)?;
+        }
+        Ok(())
+    }
+
+    /// Make data durable, then the metadata that references it.
+    pub(crate) fn commit_locked(&self, inner: &mut Inner) -> Result<(), FsError> {
+        if inner.data_dirty {
+            self.data.flush()?;
+            inner.data_dirty = false;
+        }
+        inner.client.commit()?;
+        Ok(())
+    }
+
+    /// Make every change so far durable (fsync of any file, `sync`).
+    pub fn sync(&self) -> Result<(), FsError> {
+        let mut inner = self.inner();
+        self.commit_locked(&mut inner)
+    }
+
+    /// Make a file's changes durable. Commits the whole transaction.
+    pub fn fsync(&self, ino: u64) -> Result<(), FsError> {
+        let _ = ino;
+        self.sync()
+    }
+
+    /// Space totals.
+    pub fn statfs(&self) -> Result<FsStat, FsError> {
+        let inner = self.inner();
+        let s = inner.client.statfs()?;
+        Ok(FsStat {
+            fsid: s.fsid,
+            block_size: 4096,
+            total_blocks: s.total_data_blocks,
+            free_blocks: s.free_data_blocks,
+            total_meta_blocks: s.total_meta_blocks,
+            free_meta_blocks: s.free_meta_blocks,
+            // Inode numbers are 64-bit and never reused; report what metadata space allows.
+            total_inodes: s.total_meta_blocks.saturating_mul(64),
+            free_inodes: s.free_meta_blocks.saturating_mul(64),
+            used_inodes: s.inode_count,
+        })
+    }
+
+    /// Commit what is open and leave the cluster.
+    pub fn unmount(self) -> Result<(), FsError> {
+        let mut inner = self.inner.into_inner().unwrap_or_else(|p| p.into_inner());
+        if inner.data_dirty {
+            self.data.flush()?;
+        }
+        inner.client.commit()?;
+        inner.client.unmount()?;
+        Ok(())
+    }
+}
