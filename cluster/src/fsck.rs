@@ -156,6 +156,52 @@ impl Checker<'_> {
     }
 }
 
+/// The online data extents of the merged forest: for every DATA_EXTENT key the newest
+/// version across the trees, unless it is a deletion or offline. Returns (key, first block).
+fn live_extents(
+    md: &MetaDev,
+    trees: &[BtreeRoot],
+) -> Result<Vec<(Key, u64)>, crate::btree::BtreeError> {
+    use crate::format::btree::ITEM_FLAG_DELETION;
+    use crate::format::inode::{ty, ExtentValue, EXTENT_OFFLINE};
+    use crate::format::key::zone;
+    use zerocopy::FromBytes;
+    let mut newest: std::collections::BTreeMap<Key, Item> = std::collections::BTreeMap::new();
+    let (first, last) = (
+        Key::new(zone::FS, 0, 0, 0, 0, 0),
+        Key::new(zone::FS, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX),
+    );
+    for root in trees {
+        let mut from = first;
+        loop {
+            let leaf = btree::read_leaf(md, None, root, &from, &last)?;
+            for it in leaf.items {
+                if it.key.ty != ty::DATA_EXTENT {
+                    continue;
+                }
+                match newest.get(&it.key) {
+                    Some(old) if old.seq >= it.seq => {}
+                    _ => {
+                        newest.insert(it.key, it);
+                    }
+                }
+            }
+            match leaf.covered_end.next() {
+                Some(n) if leaf.covered_end < last => from = n,
+                _ => break,
+            }
+        }
+    }
+    Ok(newest
+        .into_values()
+        .filter(|it| it.flags & ITEM_FLAG_DELETION == 0)
+        .filter_map(|it| {
+            let v = ExtentValue::read_from_bytes(&it.val).ok()?;
+            (v.flags & EXTENT_OFFLINE == 0).then(|| (it.key, v.blkno.get()))
+        })
+        .collect())
+}
+
 /// Check the filesystem on `meta` (and `data`, whose super copy must name the same fsid).
 /// Fails only if there is no readable super block; damage is reported in the result.
 pub fn fsck(
@@ -253,6 +299,22 @@ pub fn fsck(
         c.list(&format!("{name} meta_freed"), &lt.meta_freed);
         c.extents(&format!("{name} data_avail"), &lt.data_avail, true);
         c.extents(&format!("{name} data_freed"), &lt.data_freed, true);
+    }
+
+    // File data: the live DATA_EXTENT items of the merged forest claim their data blocks.
+    let mut trees: Vec<BtreeRoot> = vec![sb.fs_root];
+    trees.extend(log_trees.iter().map(|lt| lt.item_root));
+    match live_extents(&md, &trees) {
+        Ok(extents) => {
+            for (key, blkno) in extents {
+                c.data.claim(
+                    blkno,
+                    key.third.get(),
+                    format!("file data of inode {}", key.first.get()),
+                );
+            }
+        }
+        Err(e) => c.problems.push(format!("file extents: {e}")),
     }
 
     let Checker {
