@@ -24,7 +24,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::alloc::extent;
 use crate::alloc::{ListAlloc, MetaList};
-use crate::btree::{self, BtreeError, BtreeWriter, Dirty, Item};
+use crate::btree::{self, BtreeError, BtreeWriter, Dirty, Item, LeafCursor};
 use crate::format::bloom::{bloom_bits, set_bit, test_bit, BloomBlockHeader};
 use crate::format::btree::ITEM_FLAG_DELETION;
 use crate::format::log_trees::LogTrees;
@@ -309,60 +309,71 @@ impl Client {
 
     /// The first existing item with key in `[start, end]`.
     pub fn next(&mut self, start: &Key, end: &Key) -> Result<Option<Item>, ClientError> {
-        let (start, end) = (*start, *end);
-        self.with_retry(|c| c.next_merged(&start, &end))
-    }
-
-    fn next_merged(&self, start: &Key, end: &Key) -> Result<Option<Item>, ClientError> {
-        let mut from = *start;
-        loop {
-            let mut cands: Vec<Item> = Vec::new();
-            if let Some((_, it)) = self.items.range(from..=*end).next() {
-                cands.push(it.clone());
-            }
-            if let Some(it) = btree::next(&self.md, None, &self.roots.fs_root, &from, end)? {
-                cands.push(it);
-            }
-            for lt in &self.log_trees {
-                if let Some(it) = btree::next(&self.md, None, &lt.item_root, &from, end)? {
-                    cands.push(it);
-                }
-            }
-            let Some(min_key) = cands.iter().map(|it| it.key).min() else {
-                return Ok(None);
-            };
-            // The open transaction's version wins; otherwise the greatest seq.
-            let winner = match self.items.get(&min_key) {
-                Some(it) => it.clone(),
-                None => cands
-                    .into_iter()
-                    .filter(|it| it.key == min_key)
-                    .max_by_key(|it| it.seq)
-                    .expect("a candidate has the min key"),
-            };
-            if let Some(it) = live(winner) {
-                return Ok(Some(it));
-            }
-            match min_key.next() {
-                Some(n) if min_key < *end => from = n,
-                _ => return Ok(None),
-            }
-        }
+        Ok(self.scan(start, end, 1)?.into_iter().next())
     }
 
     /// Every existing item with key in `[start, end]`, in order.
     pub fn range(&mut self, start: &Key, end: &Key) -> Result<Vec<Item>, ClientError> {
+        self.scan(start, end, usize::MAX)
+    }
+
+    /// Up to `limit` existing items with keys in `[start, end]`, in order: one cursor per
+    /// tree merged by key, the open transaction's items on top.
+    pub fn scan(&mut self, start: &Key, end: &Key, limit: usize) -> Result<Vec<Item>, ClientError> {
+        let (start, end) = (*start, *end);
+        self.with_retry(|c| c.scan_merged(&start, &end, limit))
+    }
+
+    fn scan_merged(&self, start: &Key, end: &Key, limit: usize) -> Result<Vec<Item>, ClientError> {
         let mut out = Vec::new();
-        let mut from = *start;
-        while let Some(it) = self.next(&from, end)? {
-            let k = it.key;
-            out.push(it);
-            match k.next() {
-                Some(n) if k < *end => from = n,
-                _ => break,
+        if start > end || limit == 0 {
+            return Ok(out);
+        }
+        let batch = limit.saturating_mul(2).clamp(8, 4096);
+        // fs_root first: on equal seqs a log tree's version wins.
+        let mut cursors: Vec<LeafCursor> = std::iter::once(self.roots.fs_root)
+            .chain(self.log_trees.iter().map(|lt| lt.item_root))
+            .filter(|r| !r.is_empty())
+            .map(|r| LeafCursor::with_batch(r, *start, *end, batch))
+            .collect();
+        let mut dirty = self.items.range(*start..=*end).peekable();
+        loop {
+            let mut min = dirty.peek().map(|(k, _)| **k);
+            for c in cursors.iter_mut() {
+                if let Some(it) = c.peek(&self.md, None)? {
+                    min = Some(min.map_or(it.key, |m| m.min(it.key)));
+                }
+            }
+            let Some(key) = min else {
+                return Ok(out);
+            };
+            let mut winner: Option<Item> = match dirty.peek() {
+                Some((k, it)) if **k == key => {
+                    let it = (*it).clone();
+                    dirty.next();
+                    Some(it)
+                }
+                _ => None,
+            };
+            for c in cursors.iter_mut() {
+                if let Some(it) = c.peek(&self.md, None)? {
+                    if it.key == key
+                        && winner
+                            .as_ref()
+                            .is_none_or(|w| w.seq <= it.seq && !self.items.contains_key(&key))
+                    {
+                        winner = Some(it.clone());
+                    }
+                }
+                c.skip_key(&self.md, None, &key)?;
+            }
+            if let Some(it) = winner.and_then(live) {
+                out.push(it);
+                if out.len() == limit {
+                    return Ok(out);
+                }
             }
         }
-        Ok(out)
     }
 
     fn item_seq(&self, lock_write_seq: u64) -> u64 {

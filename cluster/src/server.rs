@@ -25,7 +25,7 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::alloc::extent;
 use crate::alloc::{ListAlloc, MetaList};
-use crate::btree::{self, BtreeError, BtreeWriter, Dirty, Item};
+use crate::btree::{self, BtreeError, BtreeWriter, Dirty, Item, LeafCursor};
 use crate::format::key::zone;
 use crate::format::log_trees::{
     log_trees_key, mounted_client_key, LogTrees, MountedClient, LOG_TREES_FINALIZED,
@@ -627,13 +627,13 @@ impl Server {
         // Merge items in key order; for each key the greatest seq wins.
         let mut cursors: Vec<LeafCursor> = inputs
             .iter()
-            .map(|lt| LeafCursor::new(lt.item_root))
+            .map(|lt| LeafCursor::new(lt.item_root, Key::MIN, Key::MAX))
             .collect();
         let mut applied = 0u64;
         loop {
             let mut best: Option<Item> = None;
             for c in cursors.iter_mut() {
-                if let Some(it) = c.peek(&self.md)? {
+                if let Some(it) = c.peek(&self.md, None)? {
                     best = match best {
                         None => Some(it.clone()),
                         Some(b) if it.key < b.key || (it.key == b.key && it.seq > b.seq) => {
@@ -645,7 +645,7 @@ impl Server {
             }
             let Some(win) = best else { break };
             for c in cursors.iter_mut() {
-                c.skip_key(&self.md, &win.key)?;
+                c.skip_key(&self.md, None, &win.key)?;
             }
             if applied.is_multiple_of(256) {
                 self.ensure_server_avail(256)?;
@@ -802,46 +802,4 @@ pub fn all_log_trees(
         .iter()
         .map(decode_log_trees)
         .collect()
-}
-
-/// Reads one tree's items in order, a leaf at a time.
-struct LeafCursor {
-    root: crate::format::BtreeRoot,
-    items: std::collections::VecDeque<Item>,
-    next_start: Option<Key>,
-}
-
-impl LeafCursor {
-    fn new(root: crate::format::BtreeRoot) -> Self {
-        Self {
-            root,
-            items: Default::default(),
-            next_start: Some(Key::MIN),
-        }
-    }
-
-    fn peek(&mut self, md: &MetaDev) -> Result<Option<&Item>, BtreeError> {
-        while self.items.is_empty() {
-            let Some(start) = self.next_start else {
-                return Ok(None);
-            };
-            let leaf = btree::read_leaf(md, None, &self.root, &start, &Key::MAX)?;
-            self.items.extend(leaf.items);
-            self.next_start = if leaf.covered_end == Key::MAX {
-                None
-            } else {
-                leaf.covered_end.next()
-            };
-        }
-        Ok(self.items.front())
-    }
-
-    fn skip_key(&mut self, md: &MetaDev, key: &Key) -> Result<(), BtreeError> {
-        if let Some(it) = self.peek(md)? {
-            if it.key == *key {
-                self.items.pop_front();
-            }
-        }
-        Ok(())
-    }
 }

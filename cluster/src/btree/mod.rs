@@ -264,6 +264,19 @@ pub fn read_leaf(
     start: &Key,
     end: &Key,
 ) -> Result<LeafRange, BtreeError> {
+    read_leaf_limit(md, dirty, root, start, end, usize::MAX)
+}
+
+/// [`read_leaf`] returning at most `limit` items; when it stops early, `covered_end` is the
+/// key of the last item returned.
+pub fn read_leaf_limit(
+    md: &MetaDev,
+    dirty: Option<&Dirty>,
+    root: &BtreeRoot,
+    start: &Key,
+    end: &Key,
+    limit: usize,
+) -> Result<LeafRange, BtreeError> {
     check_root(root)?;
     let mut out = LeafRange {
         items: Vec::new(),
@@ -283,6 +296,10 @@ pub fn read_leaf(
                 let k = node.key(i);
                 if k > *end {
                     break;
+                }
+                if out.items.len() == limit {
+                    out.covered_end = out.items.last().map_or(*start, |it| it.key);
+                    return Ok(out);
                 }
                 out.items.push(node.owned(i));
                 i += 1;
@@ -360,7 +377,7 @@ pub fn next(
 ) -> Result<Option<Item>, BtreeError> {
     let mut start = *key;
     loop {
-        let leaf = read_leaf(md, dirty, root, &start, end)?;
+        let leaf = read_leaf_limit(md, dirty, root, &start, end, 1)?;
         if let Some(first) = leaf.items.into_iter().next() {
             return Ok(Some(first));
         }
@@ -389,6 +406,68 @@ pub fn prev(
             Some(p) if leaf.covered_start > *start => end = p,
             _ => return Ok(None),
         }
+    }
+}
+
+/// Reads one tree's items in `[start, end]` in key order, a leaf at a time.
+#[derive(Debug, Clone)]
+pub struct LeafCursor {
+    root: BtreeRoot,
+    end: Key,
+    items: std::collections::VecDeque<Item>,
+    next_start: Option<Key>,
+    /// Items read per visit of a leaf (small when the caller wants few).
+    batch: usize,
+}
+
+impl LeafCursor {
+    pub fn new(root: BtreeRoot, start: Key, end: Key) -> Self {
+        Self::with_batch(root, start, end, usize::MAX)
+    }
+
+    /// A cursor copying at most `batch` items out of a leaf at a time.
+    pub fn with_batch(root: BtreeRoot, start: Key, end: Key, batch: usize) -> Self {
+        Self {
+            root,
+            end,
+            items: Default::default(),
+            next_start: (start <= end).then_some(start),
+            batch: batch.max(1),
+        }
+    }
+
+    /// The next item, without consuming it.
+    pub fn peek(
+        &mut self,
+        md: &MetaDev,
+        dirty: Option<&Dirty>,
+    ) -> Result<Option<&Item>, BtreeError> {
+        while self.items.is_empty() {
+            let Some(start) = self.next_start else {
+                return Ok(None);
+            };
+            let leaf = read_leaf_limit(md, dirty, &self.root, &start, &self.end, self.batch)?;
+            self.items.extend(leaf.items);
+            self.next_start = if leaf.covered_end >= self.end {
+                None
+            } else {
+                leaf.covered_end.next()
+            };
+        }
+        Ok(self.items.front())
+    }
+
+    /// Consume the next item if its key is `key`.
+    pub fn skip_key(
+        &mut self,
+        md: &MetaDev,
+        dirty: Option<&Dirty>,
+        key: &Key,
+    ) -> Result<(), BtreeError> {
+        if self.peek(md, dirty)?.is_some_and(|it| it.key == *key) {
+            self.items.pop_front();
+        }
+        Ok(())
     }
 }
 
