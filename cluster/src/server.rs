@@ -500,13 +500,32 @@ impl Server {
         new.commit_trans_seq = stored.get_trans_seq;
         new.flags = stored.flags;
         new.finalize_seq = stored.finalize_seq;
-        if self.finalize_pending.remove(&rid) || new.item_root.height > self.cfg.finalize_height {
+        if self.finalize_pending.remove(&rid)
+            || new.item_root.height > self.cfg.finalize_height
+            || self.bloom_mostly_set(&new)?
+        {
             new.flags = (new.flags.get() | LOG_TREES_FINALIZED).into();
             new.finalize_seq = self.next_seq.into();
         }
         self.store_log_trees(&new)?;
         self.commit()?;
         Ok(Response::Committed)
+    }
+
+    /// A tree whose bloom filter has more than half its bits set no longer lets readers skip
+    /// it; finalizing it (and merging it) keeps reads cheap.
+    fn bloom_mostly_set(&self, lt: &LogTrees) -> Result<bool, ServerError> {
+        use crate::format::bloom::{BloomBlockHeader, BLOOM_BITS};
+        if lt.bloom_ref.is_null() {
+            return Ok(false);
+        }
+        let block = self
+            .md
+            .read_ref(crate::format::KIND_BLOOM, lt.bloom_ref)
+            .map_err(|e| ServerError::Corrupt(e.to_string()))?;
+        let (h, _) = BloomBlockHeader::read_from_prefix(block.data.as_slice())
+            .map_err(|_| ServerError::Corrupt("short bloom block".into()))?;
+        Ok(h.total_set.get() > BLOOM_BITS / 2)
     }
 
     fn open_transactions(&self) -> Result<Vec<LogTrees>, ServerError> {
