@@ -219,6 +219,9 @@ impl Fs {
         let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
         regular(&i)?;
         if !data.is_empty() {
+            if off > i.size.get() {
+                self.zero_tail(inner, ino, i.size.get())?;
+            }
             self.write_blocks(inner, ino, &mut i, off, data, wseq)?;
             i.size = i.size.get().max(end).into();
             i.data_version = (i.data_version.get() + 1).into();
@@ -331,6 +334,29 @@ impl Fs {
         put_extent(&mut inner.client, ino, &e, wseq)
     }
 
+    /// Zero the bytes after `size` in the block holding it, if mapped: whatever a crash left
+    /// there (an unsynced write past the end) must read as zeros once the file grows.
+    fn zero_tail(&self, inner: &mut Inner, ino: u64, size: u64) -> Result<(), FsError> {
+        if size.is_multiple_of(BLOCK) {
+            return Ok(());
+        }
+        let blk = size / BLOCK;
+        if let Some(e) = extents_in(&mut inner.client, ino, blk, blk)?.first() {
+            if !e.offline && e.start <= blk {
+                let p = e.blkno + (blk - e.start);
+                let mut buf = vec![0u8; BLOCK as usize];
+                self.data_dev().read_blocks(p, &mut buf)?;
+                let at = (size % BLOCK) as usize;
+                if buf[at..].iter().any(|&b| b != 0) {
+                    buf[at..].fill(0);
+                    self.data_dev().write_blocks(p, &buf)?;
+                    inner.data_dirty = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Change the size of a regular file; the caller writes the inode.
     pub(crate) fn truncate_locked(
         &self,
@@ -359,19 +385,9 @@ impl Fs {
                 }
             }
             // Zero the tail of the new last block so a later extension reads zeros.
-            if !size.is_multiple_of(BLOCK) {
-                let blk = size / BLOCK;
-                if let Some(e) = extents_in(&mut inner.client, ino, blk, blk)?.first() {
-                    if !e.offline && e.start <= blk {
-                        let p = e.blkno + (blk - e.start);
-                        let mut buf = vec![0u8; BLOCK as usize];
-                        self.data_dev().read_blocks(p, &mut buf)?;
-                        buf[(size % BLOCK) as usize..].fill(0);
-                        self.data_dev().write_blocks(p, &buf)?;
-                        inner.data_dirty = true;
-                    }
-                }
-            }
+            self.zero_tail(inner, ino, size)?;
+        } else if size > old {
+            self.zero_tail(inner, ino, old)?;
         }
         i.size = size.into();
         i.data_version = (i.data_version.get() + 1).into();

@@ -143,11 +143,11 @@ impl Fs {
     pub fn lookup(&self, dir: u64, name: &[u8]) -> Result<Attr, FsError> {
         let mut guard = self.inner();
         let inner = &mut *guard;
-        if name == b"." {
-            drop(guard);
-            return self.getattr(dir);
-        }
         let _l = self.lock_inodes(inner, &[dir], LockMode::Read)?;
+        if name == b"." {
+            let i = dir_inode(&mut inner.client, dir)?;
+            return Ok(Attr::from_item(dir, &i));
+        }
         if name == b".." {
             dir_inode(&mut inner.client, dir)?;
             let p = parent_of(&mut inner.client, dir)?;
@@ -503,6 +503,8 @@ impl Fs {
 
     /// Up to `max` entries of `dir` after `cookie` (0 starts; "." and ".." are not listed).
     pub fn readdir(&self, dir: u64, cookie: u64, max: usize) -> Result<DirPage, FsError> {
+        // A page always makes progress: asking for none gets one.
+        let max = max.max(1);
         let mut guard = self.inner();
         let inner = &mut *guard;
         let _l = self.lock_inodes(inner, &[dir], LockMode::Read)?;
