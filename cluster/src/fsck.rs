@@ -32,6 +32,9 @@ pub struct FsckReport {
     pub log_items: u64,
     /// Every problem found. Empty means the filesystem is consistent.
     pub problems: Vec<String>,
+    /// Findings that do not make the filesystem inconsistent (e.g. a torn write of the
+    /// inactive super block slot, which the next commit rewrites).
+    pub warnings: Vec<String>,
 }
 
 impl FsckReport {
@@ -222,8 +225,13 @@ pub fn fsck(
         md: &md,
         meta: Claims::default(),
         data: Claims::default(),
-        problems: current.other_problem.into_iter().collect(),
+        problems: Vec::new(),
     };
+    report.warnings.extend(
+        current
+            .other_problem
+            .map(|p| format!("{p} (the inactive slot; the next commit rewrites it)")),
+    );
     if let Some(data) = data {
         match SuperBlock::read_at(&*data, crate::format::layout::SUPER_BLKNO) {
             Ok(dsb) if dsb.fsid() != sb.fsid() => c.problems.push(format!(

@@ -30,6 +30,9 @@ pub fn run(a: &FsckArgs) -> Result<(), CliError> {
             "  items            {} in fs_root, {} in {} log trees",
             report.fs_items, report.log_items, report.log_trees
         );
+        for w in &report.warnings {
+            println!("  warning: {w}");
+        }
         if report.is_clean() {
             println!("  clean");
         } else {
