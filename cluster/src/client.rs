@@ -4,9 +4,10 @@
 //! Transactions follow the strict sequence of seed 004: `GetLogTrees` opens one (the server
 //! hands out the log_trees record with refilled allocators and `get_trans_seq`), operations
 //! change items in memory, and [`Client::commit`] writes them copy-on-write into the client's
-//! own log btree, makes every block durable, and sends `CommitLogTrees`; only then is the next
-//! transaction opened. A commit request is only ever sent for a transaction a `GetLogTrees`
-//! opened.
+//! own log btree, makes every block durable, and sends `CommitLogTrees`. The next transaction
+//! opens at the next change ([`Client::begin`]), so an idle mount holds no open transaction
+//! and never holds back the stable seq horizon. A commit request is only ever sent for a
+//! transaction a `GetLogTrees` opened.
 //!
 //! Reads merge, for each key: the open transaction's items, then every log tree and
 //! `fs_root`; the version with the greatest seq wins and a deletion item hides older
@@ -189,7 +190,6 @@ impl Client {
             failed: false,
             stale_retries: 0,
         };
-        c.open_trans()?;
         c.refresh_roots()?;
         Ok(c)
     }
@@ -202,9 +202,23 @@ impl Client {
         &self.md
     }
 
-    /// The seq of the open transaction.
+    /// The seq of the open transaction (0 when none is open).
     pub fn trans_seq(&self) -> u64 {
         self.trans.as_ref().map_or(0, |t| t.lt.get_trans_seq.get())
+    }
+
+    /// Open a transaction if none is open; its seq.
+    ///
+    /// Transactions open lazily, at the first change after a commit: an idle mount holds no
+    /// open transaction, so it does not hold back the stable seq horizon of index walks.
+    pub fn begin(&mut self) -> Result<u64, ClientError> {
+        if self.failed {
+            return Err(ClientError::Failed);
+        }
+        if self.trans.is_none() {
+            self.open_trans()?;
+        }
+        Ok(self.trans_seq())
     }
 
     /// Reads retried so far because their roots had gone stale.
@@ -376,16 +390,12 @@ impl Client {
         }
     }
 
-    fn item_seq(&self, lock_write_seq: u64) -> u64 {
-        self.trans_seq().max(lock_write_seq)
-    }
-
     /// Set `key` to `val` in the open transaction.
     pub fn put(&mut self, key: Key, val: Vec<u8>, lock_write_seq: u64) -> Result<(), ClientError> {
         if val.len() > crate::format::layout::BTREE_MAX_VAL_LEN {
             return Err(BtreeError::ValueTooLarge(val.len()).into());
         }
-        let seq = self.item_seq(lock_write_seq);
+        let seq = self.begin()?.max(lock_write_seq);
         self.items.insert(
             key,
             Item {
@@ -399,8 +409,8 @@ impl Client {
     }
 
     /// Delete `key` in the open transaction (a deletion item hides older versions).
-    pub fn delete(&mut self, key: Key, lock_write_seq: u64) {
-        let seq = self.item_seq(lock_write_seq);
+    pub fn delete(&mut self, key: Key, lock_write_seq: u64) -> Result<(), ClientError> {
+        let seq = self.begin()?.max(lock_write_seq);
         self.items.insert(
             key,
             Item {
@@ -410,10 +420,12 @@ impl Client {
                 val: Vec::new(),
             },
         );
+        Ok(())
     }
 
     /// Allocate up to `want` contiguous data blocks for file contents.
     pub fn alloc_data(&mut self, want: u64) -> Result<Option<(u64, u64)>, ClientError> {
+        self.begin()?;
         let t = self.trans.as_mut().ok_or(ClientError::Failed)?;
         let mut w = BtreeWriter {
             md: &self.md,
@@ -425,6 +437,7 @@ impl Client {
 
     /// Free data blocks; they become reusable once this transaction is durable.
     pub fn free_data(&mut self, start: u64, len: u64) -> Result<(), ClientError> {
+        self.begin()?;
         let t = self.trans.as_mut().ok_or(ClientError::Failed)?;
         let mut w = BtreeWriter {
             md: &self.md,
@@ -469,22 +482,20 @@ impl Client {
         }
     }
 
-    /// Write the open transaction durably and open the next one. Returns the committed
-    /// transaction's seq, or `None` if there was nothing to commit.
+    /// Write the open transaction durably. Returns the committed transaction's seq, or
+    /// `None` if no transaction was open. The next change opens the next transaction.
     pub fn commit(&mut self) -> Result<Option<u64>, ClientError> {
-        let t = self.trans.as_ref().ok_or(ClientError::Failed)?;
-        // Data allocations change the client's allocator trees, which dirties blocks.
-        if self.items.is_empty() && t.dirty.is_empty() {
-            return Ok(None);
-        }
         self.sync()
     }
 
     /// Commit the open transaction even if it changed nothing (the server asked for it, to
-    /// finalize the client's log tree), and open the next one.
+    /// finalize the client's log tree).
     pub fn sync(&mut self) -> Result<Option<u64>, ClientError> {
         if self.failed {
             return Err(ClientError::Failed);
+        }
+        if self.trans.is_none() {
+            return Ok(None);
         }
         match self.commit_inner() {
             Ok(seq) => Ok(Some(seq)),
@@ -559,7 +570,6 @@ impl Client {
             }
         }
         self.items.clear();
-        self.open_trans()?;
         self.refresh_roots()?;
         Ok(seq)
     }

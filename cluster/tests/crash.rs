@@ -175,14 +175,14 @@ fn stage_tx(c: &mut Client, n: u64) {
     if n > DELETE_LAG {
         let old = n - DELETE_LAG;
         for i in (0..items_in(old)).step_by(DELETE_EVERY as usize) {
-            c.delete(tx_key(old, i), 0);
+            c.delete(tx_key(old, i), 0).unwrap();
         }
     }
     match recycled_change(n) {
         Some(v) => c
             .put(recycled_key(recycled_of(n)), v, 0)
             .unwrap_or_else(|e| panic!("put of a recycled key in transaction {n}: {e}")),
-        None => c.delete(recycled_key(recycled_of(n)), 0),
+        None => c.delete(recycled_key(recycled_of(n)), 0).unwrap(),
     }
 }
 
@@ -983,14 +983,16 @@ fn late_merged_old_deletion_keeps_a_newer_merged_item() {
     let mut a = client(1);
     a.put(k, b"old".to_vec(), 0).unwrap();
     a.commit().unwrap();
-    a.delete(k, 0);
+    a.delete(k, 0).unwrap();
     a.commit().unwrap();
     // B opens its transaction after A's deletion is committed: B's put is newer.
     let mut b = client(2);
     b.put(k, b"new".to_vec(), 0).unwrap();
     b.commit().unwrap();
     assert_eq!(b.get(&k).unwrap(), Some(b"new".to_vec()));
-    // Only B's tree is finalized and merged; A's stays open (A is slow, or dead).
+    // Only B's tree is finalized and merged; A's stays open (A is slow, or dead): A has a
+    // change in an open transaction, so its finalization waits for its next commit.
+    a.put(recycled_key(1), b"pending".to_vec(), 0).unwrap();
     server.with(|s| s.request_merge()).unwrap();
     b.sync().unwrap();
     assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
@@ -1256,10 +1258,10 @@ fn commit_cut_short_at_any_write_leaves_the_old_or_the_new_state() {
         lost > 5,
         "too few commits were cut before their super block"
     );
-    assert!(
-        durable_but_failed > 0,
-        "no cut landed after a commit's super block (while opening the next transaction)"
-    );
+    // Transactions open lazily (at the next change), so a commit ends with the server's
+    // super block write and its flush: a cut there loses the unflushed super, and no cut
+    // can land after a durable super. `durable_but_failed` is therefore usually 0.
+    let _ = durable_but_failed;
 }
 
 /// The same with the cut landing in a log merge (request, the client's sync, the merge):
@@ -1324,8 +1326,9 @@ fn merge_cut_short_at_any_write_changes_nothing() {
          merge_finalized; {merged_ok} went through",
         cut[0], cut[1], cut[2]
     );
+    // The sync writes nothing when no transaction is open (transactions open lazily).
     assert!(
-        cut.iter().all(|c| *c > 0) && cut[2] > 3,
+        cut[0] > 0 && cut[2] > 3,
         "the cuts did not cover every step of the merge: {cut:?}"
     );
 }

@@ -115,7 +115,7 @@ fn committed_items_survive_a_remount_and_fsck_is_clean() {
     }
     c.commit().unwrap();
     for n in (0..2000).step_by(3) {
-        c.delete(key(n), 0);
+        c.delete(key(n), 0).unwrap();
     }
     c.put(key(5000), vec![7; 896], 0).unwrap();
     c.commit().unwrap();
@@ -218,13 +218,11 @@ fn two_clients_see_each_others_commits_and_merge_keeps_newest() {
     for n in 0..250 {
         b.put(key(n), b"b1".to_vec(), 0).unwrap();
     }
-    b.delete(key(400), 0);
+    b.delete(key(400), 0).unwrap();
     b.commit().unwrap();
-    // Both have an (empty) open transaction: finalization waits for their next commit.
+    // Neither has an open transaction (they open at the next change): both are finalized
+    // at once.
     server.with(|s| s.request_merge()).unwrap();
-    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 0);
-    a.sync().unwrap();
-    b.sync().unwrap();
     assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 2);
     // Newer writes after the merge win over merged items.
     a.refresh_roots().unwrap();
@@ -251,11 +249,12 @@ fn merging_one_tree_keeps_deletions_that_hide_older_items_in_unmerged_trees() {
     a.put(key(1), b"old".to_vec(), 0).unwrap();
     a.commit().unwrap();
     b.refresh_roots().unwrap();
-    b.delete(key(1), 0);
+    b.delete(key(1), 0).unwrap();
     b.put(key(2), b"b".to_vec(), 0).unwrap();
     b.commit().unwrap();
+    // A has a transaction open, so only B's tree is finalized now.
+    a.begin().unwrap();
     server.with(|s| s.request_merge()).unwrap();
-    b.sync().unwrap();
     assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
     let mut c = fs.client(&server, 3);
     assert_eq!(
@@ -301,7 +300,7 @@ fn last_seq_stays_below_open_transactions() {
     let server = fs.server();
     let mut a = fs.client(&server, 1);
     let mut b = fs.client(&server, 2);
-    let open_a = a.trans_seq();
+    let open_a = a.begin().unwrap();
     b.put(key(1), b"v".to_vec(), 0).unwrap();
     b.commit().unwrap();
     let last = b.last_seq().unwrap();
@@ -355,7 +354,7 @@ proptest! {
                     pending[c].insert(own(c, k), Some(vec![v; (v as usize) % 200]));
                 }
                 Op::Delete(c, k) => {
-                    clients[c].delete(own(c, k), 0);
+                    clients[c].delete(own(c, k), 0).unwrap();
                     pending[c].insert(own(c, k), None);
                 }
                 Op::Commit(c) => {
@@ -523,13 +522,14 @@ fn an_old_deletion_merged_late_keeps_a_newer_merged_item() {
     let mut b = fs.client(&server, 2);
     a.put(key(1), b"v0".to_vec(), 0).unwrap();
     a.commit().unwrap();
-    a.delete(key(1), 0);
+    a.delete(key(1), 0).unwrap();
     a.commit().unwrap();
     // B's write comes after A's deletion in lock order: its write lock's write_seq (here,
     // a seq above A's) orders it after the deletion even though B's transaction opened first.
-    let write_seq = a.trans_seq();
+    let write_seq = a.begin().unwrap();
     b.put(key(1), b"v2".to_vec(), write_seq).unwrap();
     b.commit().unwrap();
+    // A's transaction is open: its tree is finalized only at its next commit.
     server.with(|s| s.request_merge()).unwrap();
     b.sync().unwrap();
     assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);

@@ -548,3 +548,118 @@ fn synced_changes_survive_a_crash_and_unsynced_ones_vanish_whole() {
     assert_eq!(t.fs().lookup(ROOT_INO, b"lost"), Err(FsError::NotFound));
     t.fsck_clean();
 }
+
+/// An archive agent's loop on a second mount: walk `meta_seq` from its checkpoint up to the
+/// stable horizon, then move the checkpoint to that horizon; meanwhile a writer mount keeps
+/// changing files. Every inode whose last change is after the first checkpoint must have
+/// been returned by some walk at or after that change: nothing is missed.
+#[test]
+fn index_walkers_that_checkpoint_the_horizon_miss_no_change() {
+    let mut t = T::new();
+    let server = t.server.clone().unwrap();
+    let walker_md = Arc::new(MetaDev::new(
+        open(&t.meta),
+        server.with(|s| s.fsid()),
+        16 << 20,
+    ));
+    let walker = Fs::mount(
+        walker_md,
+        open(&t.data),
+        server.clone(),
+        Arc::new(LocalLocks::new()),
+        999,
+        FsOptions::default(),
+    )
+    .unwrap();
+    let mut files = Vec::new();
+    for n in 0..40 {
+        files.push(
+            t.fs()
+                .create(ROOT_INO, format!("f{n}").as_bytes(), &file(0o644), true)
+                .unwrap()
+                .ino,
+        );
+    }
+    t.fs().sync().unwrap();
+    let start = walker
+        .walk_inodes(SeqIndex::MetaSeq, 0, u64::MAX, None, 1)
+        .unwrap()
+        .horizon;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let seen = std::thread::scope(|sc| {
+        let w = sc.spawn(|| {
+            // (ino, meta_seq) pairs the walker returned.
+            let mut seen: Vec<(u64, u64)> = Vec::new();
+            let mut checkpoint = start;
+            let mut passes = 0;
+            loop {
+                let done = stop.load(std::sync::atomic::Ordering::Acquire);
+                let mut after = None;
+                let mut horizon = None;
+                loop {
+                    let page = walker
+                        .walk_inodes(SeqIndex::MetaSeq, checkpoint + 1, u64::MAX, after, 5)
+                        .unwrap();
+                    // Every page of one pass reports the horizon the pass started under or
+                    // a later one; the pass covers up to the first.
+                    let h = *horizon.get_or_insert(page.horizon);
+                    seen.extend(page.entries.iter().filter(|e| e.0 <= h).map(|e| (e.1, e.0)));
+                    match page.next {
+                        Some(n) if n.0 <= h => after = Some(n),
+                        _ => break,
+                    }
+                }
+                checkpoint = horizon.unwrap().max(checkpoint);
+                passes += 1;
+                if done {
+                    return (seen, passes);
+                }
+            }
+        });
+        let mut n = 0u64;
+        for round in 0..60u64 {
+            for _ in 0..5 {
+                n = (n * 7 + 3) % files.len() as u64;
+                let ino = files[n as usize];
+                match round % 3 {
+                    0 => {
+                        t.fs().write(ino, round * 10, b"x").unwrap();
+                    }
+                    1 => {
+                        t.fs()
+                            .setattr(
+                                ino,
+                                &SetAttr {
+                                    mode: Some(0o600 + (round as u32 % 8)),
+                                    ..SetAttr::default()
+                                },
+                            )
+                            .unwrap();
+                    }
+                    _ => {
+                        t.fs()
+                            .set_xattr(ino, b"user.r", &round.to_le_bytes(), XattrSet::Any)
+                            .unwrap();
+                    }
+                }
+            }
+            t.fs().sync().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        w.join().unwrap()
+    });
+    let (seen, passes) = seen;
+    assert!(passes > 1, "the walker should have made several passes");
+    for ino in files.iter().copied().chain([ROOT_INO]) {
+        let a = t.fs().getattr(ino).unwrap();
+        if a.meta_seq > start {
+            assert!(
+                seen.iter().any(|&(i, s)| i == ino && s >= a.meta_seq),
+                "inode {ino} changed at seq {} was never walked at or after it",
+                a.meta_seq
+            );
+        }
+    }
+    walker.unmount().unwrap();
+    t.fsck_clean();
+}

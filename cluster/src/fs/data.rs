@@ -89,8 +89,14 @@ pub(crate) fn put_extent(
     Ok(())
 }
 
-pub(crate) fn del_extent(client: &mut Client, ino: u64, e: &Extent, wseq: u64) {
-    client.delete(extent_key(ino, e.end() - 1, e.len), wseq);
+pub(crate) fn del_extent(
+    client: &mut Client,
+    ino: u64,
+    e: &Extent,
+    wseq: u64,
+) -> Result<(), FsError> {
+    client.delete(extent_key(ino, e.end() - 1, e.len), wseq)?;
+    Ok(())
 }
 
 /// Replace the part of extent `e` within `[from, to)` (logical blocks): the parts outside
@@ -104,7 +110,7 @@ pub(crate) fn cut_extent(
     wseq: u64,
 ) -> Result<Extent, FsError> {
     let (s, t) = (from.max(e.start), to.min(e.end()));
-    del_extent(client, ino, e, wseq);
+    del_extent(client, ino, e, wseq)?;
     let phys = |l: u64| {
         if e.offline {
             0
@@ -324,7 +330,7 @@ impl Fs {
         if start > 0 {
             if let Some(prev) = extents_in(&mut inner.client, ino, start - 1, start - 1)?.first() {
                 if !prev.offline && prev.end() == start && prev.blkno + prev.len == blkno {
-                    del_extent(&mut inner.client, ino, prev, wseq);
+                    del_extent(&mut inner.client, ino, prev, wseq)?;
                     e.start = prev.start;
                     e.len += prev.len;
                     e.blkno = prev.blkno;

@@ -93,12 +93,19 @@ fn add_entry(
     Ok(())
 }
 
-fn remove_entry(client: &mut Client, dir: u64, dir_inode: &mut InodeItem, d: &Dirent, wseq: u64) {
+fn remove_entry(
+    client: &mut Client,
+    dir: u64,
+    dir_inode: &mut InodeItem,
+    d: &Dirent,
+    wseq: u64,
+) -> Result<(), FsError> {
     let (hash, pos) = (d.hdr.hash.get(), d.hdr.pos.get());
-    client.delete(dirent_key(dir, hash, pos), wseq);
-    client.delete(readdir_key(dir, pos), wseq);
-    client.delete(backref_key(d.hdr.ino.get(), dir, pos), wseq);
+    client.delete(dirent_key(dir, hash, pos), wseq)?;
+    client.delete(readdir_key(dir, pos), wseq)?;
+    client.delete(backref_key(d.hdr.ino.get(), dir, pos), wseq)?;
     dir_inode.size = dir_inode.size.get().saturating_sub(1).into();
+    Ok(())
 }
 
 fn dir_inode(client: &mut Client, dir: u64) -> Result<InodeItem, FsError> {
@@ -372,7 +379,7 @@ impl Fs {
             }
             _ => {}
         }
-        remove_entry(&mut inner.client, dir, &mut d, &e, wseq);
+        remove_entry(&mut inner.client, dir, &mut d, &e, wseq)?;
         if want_dir {
             d.nlink = d.nlink.get().saturating_sub(1).into();
             i.nlink = 0.into();
@@ -459,7 +466,7 @@ impl Fs {
                 }
                 _ => {}
             }
-            remove_entry(&mut inner.client, dst_dir, &mut dd, d, wseq);
+            remove_entry(&mut inner.client, dst_dir, &mut dd, d, wseq)?;
             if is_dir(&ti) {
                 dd.nlink = dd.nlink.get().saturating_sub(1).into();
                 ti.nlink = 0.into();
@@ -474,9 +481,9 @@ impl Fs {
             }
         }
         if same_dir {
-            remove_entry(&mut inner.client, src_dir, &mut dd, &se, wseq);
+            remove_entry(&mut inner.client, src_dir, &mut dd, &se, wseq)?;
         } else {
-            remove_entry(&mut inner.client, src_dir, &mut sd, &se, wseq);
+            remove_entry(&mut inner.client, src_dir, &mut sd, &se, wseq)?;
         }
         let dtype = FileType::from_mode(si.mode.get()).map_or(0, |k| k.dtype());
         let t = Target {

@@ -38,11 +38,11 @@ pub(crate) fn write_inode(
     change: Change,
     wseq: u64,
 ) -> Result<(), FsError> {
-    let seq = client.trans_seq().max(wseq);
+    let seq = client.begin()?.max(wseq);
     let old_meta = inode.meta_seq.get();
     if old_meta != seq {
         if old_meta != 0 {
-            client.delete(index_key(ty::META_SEQ, old_meta, ino), wseq);
+            client.delete(index_key(ty::META_SEQ, old_meta, ino), wseq)?;
         }
         client.put(index_key(ty::META_SEQ, seq, ino), Vec::new(), wseq)?;
         inode.meta_seq = seq.into();
@@ -52,7 +52,7 @@ pub(crate) fn write_inode(
         let old_data = inode.data_seq.get();
         if old_data != seq {
             if old_data != 0 {
-                client.delete(index_key(ty::DATA_SEQ, old_data, ino), wseq);
+                client.delete(index_key(ty::DATA_SEQ, old_data, ino), wseq)?;
             }
             client.put(index_key(ty::DATA_SEQ, seq, ino), Vec::new(), wseq)?;
             inode.data_seq = seq.into();
@@ -119,14 +119,14 @@ pub(crate) fn delete_inode(
         if it.key.ty == ty::XATTR && it.key.fourth == 0 {
             super::xattr::drop_srch_entry(client, ino, &it, wseq)?;
         }
-        client.delete(it.key, wseq);
+        client.delete(it.key, wseq)?;
     }
     for (t, seq) in [
         (ty::META_SEQ, inode.meta_seq.get()),
         (ty::DATA_SEQ, inode.data_seq.get()),
     ] {
         if seq != 0 {
-            client.delete(index_key(t, seq, ino), wseq);
+            client.delete(index_key(t, seq, ino), wseq)?;
         }
     }
     client.add_inode_count(-1);

@@ -112,7 +112,7 @@ pub(crate) fn drop_srch_entry(
     let nl = (h.name_len.get() as usize).min(rest.len());
     let name = &rest[..nl];
     if name.starts_with(SRCH_PREFIX) {
-        client.delete(srch_key(name_hash(name), ino, it.key.third.get()), wseq);
+        client.delete(srch_key(name_hash(name), ino, it.key.third.get()), wseq)?;
     }
     Ok(())
 }
@@ -157,10 +157,10 @@ impl Fs {
         let srch = name.starts_with(SRCH_PREFIX);
         if let Some(o) = &old {
             for k in &o.parts {
-                inner.client.delete(*k, wseq);
+                inner.client.delete(*k, wseq)?;
             }
             if srch {
-                inner.client.delete(srch_key(hash, ino, o.id), wseq);
+                inner.client.delete(srch_key(hash, ino, o.id), wseq)?;
             }
         }
         let id = i.next_xattr_id.get();
@@ -199,12 +199,12 @@ impl Fs {
         let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
         let o = find(&mut inner.client, ino, name)?.ok_or(FsError::NoAttr)?;
         for k in &o.parts {
-            inner.client.delete(*k, wseq);
+            inner.client.delete(*k, wseq)?;
         }
         if name.starts_with(SRCH_PREFIX) {
             inner
                 .client
-                .delete(srch_key(name_hash(name), ino, o.id), wseq);
+                .delete(srch_key(name_hash(name), ino, o.id), wseq)?;
         }
         i.ctime = Time::now().to_disk();
         write_inode(&mut inner.client, ino, &mut i, Change::Meta, wseq)?;
