@@ -663,3 +663,77 @@ fn index_walkers_that_checkpoint_the_horizon_miss_no_change() {
     walker.unmount().unwrap();
     t.fsck_clean();
 }
+
+#[test]
+fn a_full_data_device_gives_enospc_and_loses_nothing() {
+    let mut t = T::new();
+    let st = t.fs().statfs().unwrap();
+    assert_eq!(st.block_size, 4096);
+    let keep = t
+        .fs()
+        .create(ROOT_INO, b"keep", &file(0o644), true)
+        .unwrap();
+    t.fs().write(keep.ino, 0, b"precious").unwrap();
+    t.fs().sync().unwrap();
+    let f = t
+        .fs()
+        .create(ROOT_INO, b"fill", &file(0o644), true)
+        .unwrap();
+    let chunk = vec![0xA5u8; 8 << 20];
+    let mut off = 0u64;
+    let err = loop {
+        match t.fs().write(f.ino, off, &chunk) {
+            Ok(_) => off += chunk.len() as u64,
+            Err(e) => break e,
+        }
+        assert!(off < 1 << 30, "the 256 MiB data device never filled");
+    };
+    assert_eq!(err, FsError::NoSpace);
+    assert_eq!(err.errno(), 28);
+    // What was written before the error is intact, the other file too, and the space
+    // comes back when the file goes.
+    t.fs().sync().unwrap();
+    assert_eq!(t.fs().read(f.ino, off - 10, 10).unwrap(), vec![0xA5; 10]);
+    assert_eq!(t.fs().read(keep.ino, 0, 100).unwrap(), b"precious");
+    t.fsck_clean();
+    t.fs().unlink(ROOT_INO, b"fill").unwrap();
+    t.fs().sync().unwrap();
+    t.remount();
+    let g = t
+        .fs()
+        .create(ROOT_INO, b"again", &file(0o644), true)
+        .unwrap();
+    t.fs().write(g.ino, 0, &chunk).unwrap();
+    t.fsck_clean();
+}
+
+#[test]
+fn mknod_makes_fifos_sockets_and_devices() {
+    let mut t = T::new();
+    for (name, kind, rdev) in [
+        (&b"fifo"[..], FileType::Fifo, 0),
+        (b"sock", FileType::Socket, 0),
+        (b"chr", FileType::CharDevice, (1 << 8) | 3),
+        (b"blk", FileType::BlockDevice, (8 << 8) | 1),
+    ] {
+        let node = NewNode {
+            kind,
+            perm: 0o640,
+            uid: 0,
+            gid: 6,
+            rdev,
+        };
+        let a = t.fs().create(ROOT_INO, name, &node, true).unwrap();
+        assert_eq!(a.file_type(), Some(kind));
+        assert_eq!((a.mode & 0o7777, a.rdev), (0o640, rdev));
+        // Data operations are for regular files only.
+        assert!(t.fs().write(a.ino, 0, b"x").is_err());
+    }
+    t.remount();
+    let page = t.fs().readdir(ROOT_INO, 0, 10).unwrap();
+    let kinds: Vec<_> = page.entries.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.len(), 4);
+    assert!(kinds.contains(&Some(FileType::BlockDevice)));
+    assert_eq!(t.fs().lookup(ROOT_INO, b"chr").unwrap().rdev, (1 << 8) | 3);
+    t.fsck_clean();
+}
