@@ -6,17 +6,18 @@
 
 use std::sync::Arc;
 
-use scoutgw_blockdev::{BlockDevice, BlockRef, MetaDev};
+use scoutgw_blockdev::{BlockDevice, MetaDev};
 use zerocopy::FromBytes;
 
+use crate::btree;
 use crate::format::alloc::{extent_of_blkno_key, AllocListBlock};
 use crate::format::key::zone;
-use crate::format::layout::{BTREE_MAX_HEIGHT, QUORUM_BLKNO};
+use crate::format::layout::QUORUM_BLKNO;
 use crate::format::quorum::QuorumEventKind;
 use crate::format::super_block::{DeviceRole, SUPER_FLAG_META_DEV};
 use crate::format::{
-    AllocListHead, BtreeBlock, BtreeRoot, FormatError, QuorumBlock, SuperBlock, KIND_ALLOC_LIST,
-    KIND_BTREE, KIND_QUORUM,
+    AllocListHead, BtreeRoot, FormatError, Key, QuorumBlock, SuperBlock, KIND_ALLOC_LIST,
+    KIND_QUORUM,
 };
 use crate::mkfs::format_uuid;
 
@@ -98,73 +99,33 @@ pub struct ListReport {
     pub error: Option<String>,
 }
 
-/// Items and blocks of one tree.
-#[derive(Debug, Default)]
-struct TreeCount {
-    blocks: u64,
-    items: u64,
-    extents: u64,
-    extent_blocks: u64,
-}
-
-fn walk(
-    md: &MetaDev,
-    block: BlockRef,
-    level: u8,
-    count: &mut TreeCount,
-) -> Result<(), FormatError> {
-    let cached = md.read_ref(KIND_BTREE, block)?;
-    let blk = BtreeBlock::parse(cached.data.as_slice(), block.blkno.get())?;
-    if blk.level() != level {
-        return Err(FormatError::corrupt(
-            format!("btree block {}", block.blkno.get()),
-            format!("level {} where the parent expects {level}", blk.level()),
-        ));
-    }
-    count.blocks += 1;
-    if level == 0 {
-        for (item, _) in blk.items() {
-            count.items += 1;
-            if item.key.zone == zone::FREE_EXTENT_BLKNO {
-                let (_, len) = extent_of_blkno_key(&item.key).ok_or_else(|| {
-                    FormatError::corrupt(
-                        format!("btree block {}", block.blkno.get()),
-                        format!("invalid free extent key {:?}", item.key),
-                    )
+fn tree_report(md: &MetaDev, name: &'static str, root: BtreeRoot, alloc: bool) -> TreeReport {
+    let mut blocks = 0u64;
+    let mut items = 0u64;
+    let (mut extents, mut extent_blocks) = (0u64, 0u64);
+    let result = (|| -> Result<(), crate::btree::BtreeError> {
+        btree::walk_blocks(md, None, &root, &mut |_, _| blocks += 1)?;
+        for it in btree::range(md, None, &root, &Key::MIN, &Key::MAX)? {
+            items += 1;
+            if it.key.zone == zone::FREE_EXTENT_BLKNO {
+                let (_, len) = extent_of_blkno_key(&it.key).ok_or_else(|| {
+                    FormatError::corrupt(name, format!("invalid free extent key {:?}", it.key))
                 })?;
-                count.extents += 1;
-                count.extent_blocks += len;
+                extents += 1;
+                extent_blocks += len;
             }
         }
-    } else {
-        for i in 0..blk.len() {
-            walk(md, blk.child_ref(i), level - 1, count)?;
-        }
-    }
-    Ok(())
-}
-
-fn tree_report(md: &MetaDev, name: &'static str, root: BtreeRoot, alloc: bool) -> TreeReport {
-    let mut count = TreeCount::default();
-    let result = if root.height > BTREE_MAX_HEIGHT {
-        Err(FormatError::corrupt(
-            name,
-            format!("height {} exceeds {BTREE_MAX_HEIGHT}", root.height),
-        ))
-    } else if root.is_empty() {
         Ok(())
-    } else {
-        walk(md, root.block, root.height - 1, &mut count)
-    };
+    })();
     TreeReport {
         name,
         root_blkno: root.block.blkno.get(),
         root_seq: root.block.seq.get(),
         height: root.height,
-        blocks: count.blocks,
-        items: count.items,
-        free_extents: alloc.then_some(count.extents),
-        free_blocks: alloc.then_some(count.extent_blocks),
+        blocks,
+        items,
+        free_extents: alloc.then_some(extents),
+        free_blocks: alloc.then_some(extent_blocks),
         error: result.err().map(|e| e.to_string()),
     }
 }
