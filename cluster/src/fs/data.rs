@@ -226,7 +226,7 @@ impl Fs {
         regular(&i)?;
         if !data.is_empty() {
             if off > i.size.get() {
-                self.zero_tail(inner, ino, i.size.get())?;
+                self.zero_tail(inner, ino, i.size.get(), wseq)?;
             }
             self.write_blocks(inner, ino, &mut i, off, data, wseq)?;
             i.size = i.size.get().max(end).into();
@@ -341,25 +341,41 @@ impl Fs {
     }
 
     /// Zero the bytes after `size` in the block holding it, if mapped: whatever a crash left
-    /// there (an unsynced write past the end) must read as zeros once the file grows.
-    fn zero_tail(&self, inner: &mut Inner, ino: u64, size: u64) -> Result<(), FsError> {
+    /// there (an unsynced write past the end) must read as zeros once the file grows, and a
+    /// shrink must not leave old bytes for a later extension to expose.
+    ///
+    /// The block is copied, not overwritten: the committed transaction still maps it and its
+    /// bytes before the old size were synced, so a crash before this change commits must
+    /// find them intact. The copy gets the zeroed tail and replaces the block in the file's
+    /// map; the old block is freed with the transaction.
+    fn zero_tail(&self, inner: &mut Inner, ino: u64, size: u64, wseq: u64) -> Result<(), FsError> {
         if size.is_multiple_of(BLOCK) {
             return Ok(());
         }
         let blk = size / BLOCK;
-        if let Some(e) = extents_in(&mut inner.client, ino, blk, blk)?.first() {
-            if !e.offline && e.start <= blk {
-                let p = e.blkno + (blk - e.start);
-                let mut buf = vec![0u8; BLOCK as usize];
-                self.data_dev().read_blocks(p, &mut buf)?;
-                let at = (size % BLOCK) as usize;
-                if buf[at..].iter().any(|&b| b != 0) {
-                    buf[at..].fill(0);
-                    self.data_dev().write_blocks(p, &buf)?;
-                    inner.data_dirty = true;
-                }
-            }
+        let Some(e) = extents_in(&mut inner.client, ino, blk, blk)?
+            .first()
+            .copied()
+        else {
+            return Ok(());
+        };
+        if e.offline || e.start > blk {
+            return Ok(());
         }
+        let old = e.blkno + (blk - e.start);
+        let mut buf = vec![0u8; BLOCK as usize];
+        self.data_dev().read_blocks(old, &mut buf)?;
+        let at = (size % BLOCK) as usize;
+        if buf[at..].iter().all(|&b| b == 0) {
+            return Ok(());
+        }
+        buf[at..].fill(0);
+        let (new, _) = inner.client.alloc_data(1)?.ok_or(FsError::NoSpace)?;
+        self.data_dev().write_blocks(new, &buf)?;
+        let part = cut_extent(&mut inner.client, ino, &e, blk, blk + 1, wseq)?;
+        inner.client.free_data(part.blkno, part.len)?;
+        self.map_new(inner, ino, blk, 1, new, wseq)?;
+        inner.data_dirty = true;
         Ok(())
     }
 
@@ -391,9 +407,9 @@ impl Fs {
                 }
             }
             // Zero the tail of the new last block so a later extension reads zeros.
-            self.zero_tail(inner, ino, size)?;
+            self.zero_tail(inner, ino, size, wseq)?;
         } else if size > old {
-            self.zero_tail(inner, ino, old)?;
+            self.zero_tail(inner, ino, old, wseq)?;
         }
         i.size = size.into();
         i.data_version = (i.data_version.get() + 1).into();

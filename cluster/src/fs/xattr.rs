@@ -273,8 +273,11 @@ impl Fs {
         };
         let mut guard = self.inner();
         let inner = &mut *guard;
-        inner.client.refresh_roots()?;
+        // The horizon first, then the roots: every transaction at or below the horizon was
+        // committed before it was computed, so roots sampled after it hold all their items.
+        // (The other order could miss a commit landing between the two.)
         let horizon = inner.client.last_seq()?;
+        inner.client.refresh_roots()?;
         let last = last.min(horizon);
         let mut entries = Vec::new();
         if first > last {
