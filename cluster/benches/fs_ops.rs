@@ -35,19 +35,22 @@
 //!    and read the page cache of the plain file and of our data device file is dropped with
 //!    `posix_fadvise(POSIX_FADV_DONTNEED)` (called through the C library std links
 //!    against), so both reads come from the disk. `SCOUTGW_BENCH_FILE_ROUNDS` (default 5)
-//!    rounds, alternating which side goes first, each with a new file (the previous one is
-//!    unlinked); the median round is reported.
+//!    rounds, alternating which side goes first, each with a new file: ours unlinks its file
+//!    after the round, and its data device is large enough that every round is written to
+//!    never-written space of the sparse file; the plain files stay until the end (deleting
+//!    them would discard their blocks during the next rounds). After the reads both files
+//!    are dropped from the page cache again. The median round is reported.
 //!
-//! Setup (not timed): sparse device files (meta 8 GiB, data 4 GiB or more for big files) in
-//! a temporary directory under `<target dir>/bench-tmp` (or `SCOUTGW_BENCH_DIR`), `mkfs`,
-//! a `Server` behind a `LocalServer` with the background merger running every 50 ms as a
-//! node runs it, one `Fs` mounted with `LocalLocks` and `FsOptions::default()`
-//! (`max_dirty_items` 50,000: a transaction commits by itself every ~8,000 creates, 6 items
-//! each). The `ServerConfig` gives the client generous allocations: 8,000 metadata blocks
-//! (500 MiB, refilled below 4,000; a commit of the big directory uses under 2,000) and the
-//! whole data device; the server keeps at most 8,000 blocks itself (these sizes keep clear of
-//! a spin in `ListAlloc::write_lists`, see the comment at `Ours::new`); the client's and the
-//! server's block caches are 1 GiB each. Files are removed at the end.
+//! Setup (not timed): sparse device files (meta 8 GiB; data (rounds + 1) x file size +
+//! 1 GiB, at least 4 GiB: 7 GiB by default) in a temporary directory under
+//! `<target dir>/bench-tmp` (or `SCOUTGW_BENCH_DIR`), `mkfs`, a `Server` behind a
+//! `LocalServer` with the background merger running every 50 ms as a node runs it, one `Fs`
+//! mounted with `LocalLocks` and `FsOptions::default()` (`max_dirty_items` 50,000: a
+//! transaction commits by itself every ~8,000 creates, 6 items each). The `ServerConfig`
+//! gives the client generous allocations: 8,000 metadata blocks (500 MiB, refilled below
+//! 4,000; a commit of the big directory uses under 2,000) and the whole data device; the
+//! server keeps at most 8,000 blocks itself; the client's and the server's
+//! block caches are 1 GiB each. Files are removed at the end.
 //!
 //! Other knobs: `SCOUTGW_BENCH_PARTS` = `all` (default), `dirs` or `file`;
 //! `SCOUTGW_BENCH_ONLY` = `both` (default), `ours` or `ext4` (for profiling one side);
@@ -171,7 +174,9 @@ fn main() -> BenchResult<()> {
         .tempdir_in(&base)?;
     let dir = tmp.path().to_path_buf();
     let file_bytes = (k.file_mib * CHUNK) as u64;
-    let data_bytes = MIN_DATA_BYTES.max(2 * file_bytes + (1 << 30));
+    // Room for a new file in every round: each round of ours, like each plain file, writes
+    // space of the disk that was never written before.
+    let data_bytes = MIN_DATA_BYTES.max((k.file_rounds as u64 + 1) * file_bytes + (1 << 30));
 
     println!("fs_ops: the Fs layer vs std::fs on the same disk");
     println!("  dir:    {} ({})", dir.display(), fs_type(&dir));
@@ -264,6 +269,9 @@ fn main() -> BenchResult<()> {
             }
             file_res.push(r);
         }
+        for round in 0..k.file_rounds {
+            let _ = fs::remove_file(dir.join(format!("plain-{round}.bin")));
+        }
     }
 
     println!();
@@ -318,16 +326,14 @@ impl Ours {
         let data_blocks = data_bytes / 4096;
         let cfg = ServerConfig {
             cache_bytes: CACHE_BYTES,
-            // Every alloc list stays below 8,188 entries: `ListAlloc::write_lists` spins for
-            // ever when a list holds 8185k + k + (list blocks of the freed list) + 1 entries
-            // (k >= 1; a product bug, reported with the bench). A commit of the 1M-entry
-            // directory uses well under 2,000 blocks.
+            // A commit of the 1M-entry directory uses well under 2,000 blocks.
             client_meta_fill: 8_000,
             client_meta_low: 4_000,
             server_meta_high: 8_000,
-            // All of the data device: a file of several GiB is written in one transaction.
+            // All of the data device: a file of several GiB is written in one transaction, and
+            // no refill hands freed (already written) blocks back during the file rounds.
             client_data_fill: data_blocks,
-            client_data_low: data_blocks / 2,
+            client_data_low: data_blocks / 16,
             ..ServerConfig::default()
         };
         let server = Arc::new(LocalServer::new(Server::open(
@@ -913,6 +919,16 @@ fn dir_summary(rows: &[(usize, Option<DirResult>, Option<DirResult>)]) {
         );
     }
     println!("  (lookup: the ext4 columns are its path stat, which is a lookup plus a stat)");
+    let slow_create = [es, eb]
+        .iter()
+        .filter_map(|r| r.as_ref().and_then(|r| r.get(Op::Create)))
+        .any(|p| p.wall.as_secs_f64() * 1e6 / p.ops as f64 > 60.0);
+    if slow_create {
+        println!(
+            "  WARNING: ext4 creates took over 60 µs each: probably its rescan of inodes deleted \
+             in the last minutes (mass unlinks of an earlier run?); leave ~6 minutes between runs"
+        );
+    }
     println!();
 }
 
@@ -1002,6 +1018,10 @@ fn file_ours(o: &Ours, pool: &Pool, mib: usize, round: usize) -> BenchResult<(Ph
         )
         .into());
     }
+    println!(
+        "  data device file: {} MiB written on the disk so far",
+        disk_bytes(&o.data_path)? >> 20
+    );
     drop_cache("ours: data device file", &o.data_path)?;
     let read = phase_bytes(mib, || {
         for c in 0..mib {
@@ -1014,6 +1034,8 @@ fn file_ours(o: &Ours, pool: &Pool, mib: usize, round: usize) -> BenchResult<(Ph
         Ok(())
     })?;
     report("read", &read);
+    // Every round starts without either side's file in the page cache.
+    fadvise_dontneed(&File::open(&o.data_path)?)?;
     fs.unlink(ROOT_INO, name.as_bytes())?;
     fs.sync()?;
     Ok((write, read))
@@ -1046,8 +1068,9 @@ fn file_plain(dir: &Path, pool: &Pool, mib: usize, round: usize) -> BenchResult<
         Ok(())
     })?;
     report("read_exact_at", &read);
-    drop(f);
-    fs::remove_file(&path)?;
+    fadvise_dontneed(&f)?;
+    // Kept until the end: deleting it would discard its blocks (this ext4 is mounted with
+    // `discard`) while the next rounds run; ours frees nothing on the disk either.
     Ok((write, read))
 }
 

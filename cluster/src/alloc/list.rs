@@ -156,21 +156,24 @@ impl ListAlloc {
             .chain(self.freed.take_list_blocks())
             .collect();
         self.freed.entries.extend(old);
-        // Blocks for the lists come out of avail, which shrinks the avail list itself.
+        // Blocks for the lists come out of avail, which shrinks the avail list itself. Take
+        // the fewest blocks `n` that can hold both lists once `n` entries have left avail:
+        // the need only falls as `n` grows, by at most one block per step, so counting up
+        // from zero finds it (chasing `n = need(n)` instead can flip between two values
+        // forever when avail sits on a block boundary). The smallest such `n` is at most one
+        // block more than the lists need; that block goes to the avail list, whose entries
+        // are then spread over all its blocks.
+        let freed_need = blocks_for(self.freed.len());
+        let need = |n: usize| blocks_for(self.avail.len().saturating_sub(n)) + freed_need;
         let mut n = 0;
-        loop {
-            let need =
-                blocks_for(self.avail.len().saturating_sub(n)) + blocks_for(self.freed.len());
-            if need == n {
-                break;
-            }
-            n = need;
+        while n < need(n) {
+            n += 1;
         }
         if self.avail.len() < n {
             return Err(BtreeError::NoSpace);
         }
         let mut store: Vec<u64> = (0..n).map(|_| self.avail.pop().expect("counted")).collect();
-        let avail_blocks: Vec<u64> = store.drain(..blocks_for(self.avail.len())).collect();
+        let avail_blocks: Vec<u64> = store.drain(..n - freed_need).collect();
         let freed_blocks = store;
         let avail_head = write_list(md, seq, &self.avail.entries, &avail_blocks)?;
         let freed_head = write_list(md, seq, &self.freed.entries, &freed_blocks)?;
@@ -186,8 +189,14 @@ fn write_list(
     entries: &[u64],
     blocks: &[u64],
 ) -> Result<AllocListHead, BtreeError> {
-    let chunks: Vec<&[u64]> = entries.chunks(ALLOC_LIST_MAX_BLKNOS).collect();
-    debug_assert_eq!(chunks.len(), blocks.len());
+    // Entries spread evenly over the blocks: each holds at most ALLOC_LIST_MAX_BLKNOS
+    // because the caller gives at least blocks_for(entries) blocks; with one spare block a
+    // list of few entries may leave a block empty, which readers accept.
+    let nr_blocks = blocks.len();
+    debug_assert!(nr_blocks >= blocks_for(entries.len()));
+    let chunks: Vec<&[u64]> = (0..nr_blocks)
+        .map(|i| &entries[i * entries.len() / nr_blocks..(i + 1) * entries.len() / nr_blocks])
+        .collect();
     let hdr_len = core::mem::size_of::<AllocListBlockHeader>();
     for (i, (chunk, blkno)) in chunks.iter().zip(blocks).enumerate() {
         let mut buf = BlockBuf::zeroed(BlockSize::Large.bytes());
@@ -242,6 +251,60 @@ mod tests {
         b.write_lists(&md, 8).unwrap();
         for blk in old {
             assert!(b.freed.entries().contains(&blk));
+        }
+    }
+
+    /// With avail one block's worth plus two entries, taking one list block leaves two
+    /// blocks' worth and taking two leaves one: the old fixed-point loop flipped between 1
+    /// and 2 forever. Sizes around every boundary must finish and round-trip.
+    #[test]
+    fn list_sizes_on_block_boundaries_finish_and_round_trip() {
+        let m = ALLOC_LIST_MAX_BLKNOS;
+        let (_f, md) = test_dev(4 * m as u64 + 200);
+        let mut seq = 1;
+        for avail_len in [
+            0,
+            1,
+            2,
+            m - 1,
+            m,
+            m + 1,
+            m + 2,
+            m + 3,
+            2 * m + 2,
+            2 * m + 3,
+            3 * m,
+        ] {
+            for freed_len in [0, 1, m, m + 1] {
+                let avail: Vec<u64> = (100..100 + avail_len as u64).collect();
+                let freed: Vec<u64> =
+                    (100 + 3 * m as u64..100 + 3 * m as u64 + freed_len as u64).collect();
+                let mut a =
+                    ListAlloc::new(MetaList::from_entries(avail), MetaList::from_entries(freed));
+                let res = a.write_lists(&md, seq);
+                seq += 1;
+                if avail_len < 3 && freed_len > 0 {
+                    // Possibly too few blocks to hold the freed list: NoSpace, never a hang.
+                    if let Err(e) = res {
+                        assert!(matches!(e, BtreeError::NoSpace), "{e:?}");
+                        continue;
+                    }
+                }
+                let (ah, fh) = res.unwrap();
+                let used = a.avail.list_blocks().len() + a.freed.list_blocks().len();
+                assert_eq!(
+                    a.avail.len() + used,
+                    avail_len,
+                    "avail {avail_len} freed {freed_len}"
+                );
+                assert!(a.avail.list_blocks().len() >= blocks_for(a.avail.len()));
+                assert!(a.avail.list_blocks().len() <= blocks_for(a.avail.len()) + 1);
+                assert_eq!(
+                    MetaList::load(&md, &ah).unwrap().entries(),
+                    a.avail.entries()
+                );
+                assert_eq!(MetaList::load(&md, &fh).unwrap().len(), freed_len);
+            }
         }
     }
 
