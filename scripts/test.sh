@@ -14,12 +14,34 @@ echo "== cargo test"
 cargo test --workspace --locked
 
 echo "== quickstart smoke run (the README's first command, on a scratch folder)"
+cargo build --quiet --locked --bin scoutgw
+bin=target/debug/scoutgw
 scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
-cargo run --quiet --locked --bin scoutgw -- quickstart --dir "$scratch/data" >"$scratch/out1"
-cargo run --quiet --locked --bin scoutgw -- quickstart --dir "$scratch/data" >"$scratch/out2"
+pid=
+cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$scratch"; }
+trap cleanup EXIT
+"$bin" quickstart --dir "$scratch/data" --setup-only >"$scratch/out1"
+port=$((20000 + RANDOM % 20000))
+"$bin" quickstart --dir "$scratch/data" --nfs-bind "127.0.0.1:$port" >"$scratch/out2" 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do grep -q "serving NFSv3" "$scratch/out2" && break; sleep 0.2; done
 grep -q "already holds filesystem" "$scratch/out2"
-cargo run --quiet --locked --bin scoutgw -- print --json "$scratch/data/meta.dev" >"$scratch/print.json"
+grep -q "sudo mount -t nfs -o vers=3,proto=tcp,port=$port,mountport=$port" "$scratch/out2"
+if command -v nfs-cp >/dev/null 2>&1; then
+    head -c 300000 /dev/urandom >"$scratch/in.bin"
+    nfs-cp "$scratch/in.bin" "nfs://127.0.0.1//smoke.bin?nfsport=$port&mountport=$port" >/dev/null
+    nfs-cp "nfs://127.0.0.1//smoke.bin?nfsport=$port&mountport=$port" "$scratch/out.bin" >/dev/null
+    cmp "$scratch/in.bin" "$scratch/out.bin"
+elif [ "${CI:-}" = true ]; then
+    echo "CI needs nfs-cp (libnfs-utils)" >&2
+    exit 1
+fi
+kill -TERM "$pid"
+wait "$pid"
+pid=
+grep -q "stopped cleanly" "$scratch/out2"
+"$bin" print --json "$scratch/data/meta.dev" >"$scratch/print.json"
 grep -q '"errors": \[\]' "$scratch/print.json"
+"$bin" fsck "$scratch/data/meta.dev" "$scratch/data/data.dev" >"$scratch/fsck.out"
 
 echo "== all tests passed"

@@ -44,6 +44,19 @@ pub enum Command {
     /// one-slot filesystem on them unless one is already there, and prints it. Running it
     /// again reuses the existing filesystem.
     Quickstart(QuickstartArgs),
+
+    /// Run a gateway node: mount the filesystem and export it over NFSv3 until SIGTERM.
+    ///
+    /// The configuration file (TOML) is documented in packaging/scoutgw.toml; keys can be
+    /// overridden with SCOUTGW_<SECTION>__<KEY> environment variables.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The node's configuration file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +139,14 @@ pub struct QuickstartArgs {
     /// Quorum address (UDP) and server port (TCP) of the single node.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:7100")]
     pub quorum_addr: std::net::SocketAddrV4,
+
+    /// Address of the NFS port (NFSv3, MOUNT v3 and portmapper GETPORT on one TCP port).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:2049")]
+    pub nfs_bind: std::net::SocketAddr,
+
+    /// Only create the devices, the filesystem and DIR/scoutgw.toml; do not serve.
+    #[arg(long)]
+    pub setup_only: bool,
 }
 
 fn parse_slot(s: &str) -> Result<QuorumSlot, String> {

@@ -41,6 +41,9 @@ pub enum CliError {
 
     #[error("fsck: cannot check: {0}")]
     FsckFailed(String),
+
+    #[error("{0}")]
+    Node(String),
 }
 
 impl CliError {

@@ -12,8 +12,10 @@
 
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod error;
 pub mod nfs;
+pub mod node;
 pub mod size;
 
 pub use error::CliError;

@@ -242,6 +242,7 @@ fn quickstart(dir: &Path) -> Out {
         OsStr::new("128M"),
         OsStr::new("--data-size"),
         OsStr::new("64M"),
+        OsStr::new("--setup-only"),
     ])
 }
 
@@ -999,6 +1000,7 @@ fn quickstart_formats_new_device_files_then_reuses_them_on_the_second_run() {
             OsStr::new("64M"),
             OsStr::new("--quorum-addr"),
             OsStr::new("127.0.0.3:7300"),
+            OsStr::new("--setup-only"),
         ])
     };
 

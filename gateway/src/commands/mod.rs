@@ -4,6 +4,7 @@ pub mod fsck;
 pub mod mkfs;
 pub mod print;
 pub mod quickstart;
+pub mod serve;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Print(a) => print::run(&a),
         Command::Fsck(a) => fsck::run(&a),
         Command::Quickstart(a) => quickstart::run(&a),
+        Command::Serve(a) => serve::run(&a),
     }
 }
 

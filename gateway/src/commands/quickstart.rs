@@ -9,6 +9,7 @@ use scoutgw_cluster::mkfs::{mkfs, MkfsOptions, QuorumSlot};
 
 use super::open_device;
 use crate::cli::QuickstartArgs;
+use crate::config::NodeConfig;
 use crate::CliError;
 
 /// Create `path` as a sparse file of `bytes` if it does not exist yet.
@@ -71,11 +72,60 @@ pub fn run(a: &QuickstartArgs) -> Result<(), CliError> {
     if !report.errors.is_empty() {
         return Err(CliError::Damaged(report.errors.len()));
     }
-    println!();
-    println!(
-        "Next: `scoutgw print {}` shows the filesystem again. Serving it over NFS and HTTP \
-         (`scoutgw serve`) arrives with the gateway issue.",
-        meta_path.display()
+    let config_path = a.dir.join("scoutgw.toml");
+    if !config_path.exists() {
+        write_config(&config_path, &a.dir)?;
+        println!("wrote {}", config_path.display());
+    }
+    if a.setup_only {
+        println!();
+        println!(
+            "Next: `scoutgw serve --config {}` exports it over NFS.",
+            config_path.display()
+        );
+        return Ok(());
+    }
+    let mut cfg = NodeConfig::load(&config_path)?;
+    cfg.nfs.bind = a.nfs_bind;
+    crate::node::run(&cfg, |addr, _fsid| {
+        let (ip, port) = (addr.ip(), addr.port());
+        println!();
+        println!("scoutgw: serving NFSv3 on {addr}; Ctrl-C stops it cleanly.");
+        println!("Mount it from Linux:");
+        println!(
+            "  sudo mkdir -p /mnt/scoutgw && sudo mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port},mountproto=tcp,nolock {ip}:/ /mnt/scoutgw"
+        );
+        println!("Mount it from macOS:");
+        println!(
+            "  sudo mkdir -p /Volumes/scoutgw && sudo mount -t nfs -o vers=3,tcp,port={port},mountport={port},nolocks {ip}:/ /Volumes/scoutgw"
+        );
+        println!("Or with libnfs: nfs-ls 'nfs://{ip}/?version=3&nfsport={port}&mountport={port}'");
+    })
+}
+
+/// A one-node configuration for the devices under `dir` (absolute paths).
+fn write_config(path: &Path, dir: &Path) -> Result<(), CliError> {
+    let io = |source| CliError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = std::fs::canonicalize(dir).map_err(io)?;
+    let text = format!(
+        "# scoutgw node configuration written by `scoutgw quickstart`; every key is\n\
+         # described in packaging/scoutgw.toml.\n\
+         [node]\n\
+         meta_device = {meta:?}\n\
+         data_device = {data:?}\n\
+         state_dir = {state:?}\n\
+         \n\
+         [nfs]\n\
+         bind = \"127.0.0.1:2049\"\n\
+         \n\
+         [export]\n\
+         clients = [\"127.0.0.0/8\"]\n",
+        meta = dir.join("meta.dev"),
+        data = dir.join("data.dev"),
+        state = dir.join("node"),
     );
-    Ok(())
+    std::fs::write(path, text).map_err(io)
 }

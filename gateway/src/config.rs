@@ -1,0 +1,206 @@
+//! Node configuration: a TOML file plus `SCOUTGW_<SECTION>__<KEY>` environment overrides
+//! (for example `SCOUTGW_NFS__BIND=127.0.0.2:2049`), read with the `config` crate. Every key
+//! is documented in `packaging/scoutgw.toml`, the commented sample; a key missing from the
+//! file takes the default listed there.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::nfs::export::{ExportOptions, Network};
+use crate::CliError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    #[serde(default)]
+    pub nfs: NfsSection,
+    #[serde(default)]
+    pub export: ExportSection,
+    #[serde(default)]
+    pub fs: FsSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// The shared metadata device (file or block device).
+    pub meta_device: PathBuf,
+    /// The shared data device.
+    pub data_device: PathBuf,
+    /// This node's own state: its rid (kept across restarts) and its pid file.
+    pub state_dir: PathBuf,
+    /// Block cache of the metadata device, per user (client and server), in MiB.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: u64,
+    /// Log level: error, warn, info, debug or trace.
+    #[serde(default = "default_log")]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NfsSection {
+    /// Address and TCP port of NFSv3, MOUNT v3 and the portmapper's GETPORT.
+    pub bind: SocketAddr,
+    /// Completed non-idempotent replies kept for retransmissions.
+    pub drc_entries: usize,
+}
+
+impl Default for NfsSection {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:2049".parse().expect("valid address"),
+            drc_entries: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSection {
+    pub path: String,
+    pub clients: Vec<String>,
+    pub read_only: bool,
+    pub root_squash: bool,
+    pub all_squash: bool,
+    pub anon_uid: u32,
+    pub anon_gid: u32,
+    /// Commit metadata changes (CREATE, REMOVE, RENAME, SETATTR, ...) before replying, as
+    /// NFSv3 asks of a server. `false` replies first and commits within
+    /// `fs.commit_interval_ms` (a crash can lose the last changes the client saw succeed).
+    pub sync: bool,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        let d = ExportOptions::default();
+        Self {
+            path: d.path,
+            clients: d.clients.iter().map(|n| n.to_string()).collect(),
+            read_only: d.read_only,
+            root_squash: d.root_squash,
+            all_squash: d.all_squash,
+            anon_uid: d.anon_uid,
+            anon_gid: d.anon_gid,
+            sync: d.sync,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FsSection {
+    /// Commit the open transaction once this many items are dirty.
+    pub max_dirty_items: usize,
+    /// Commit whatever is open at least this often (UNSTABLE writes without COMMIT, async
+    /// exports).
+    pub commit_interval_ms: u64,
+    /// How long a read of released (offline) data waits for staging in total.
+    pub data_wait_timeout_secs: u64,
+    /// Background merge of finalized log trees into fs_root, every this many ms.
+    pub merge_interval_ms: u64,
+}
+
+impl Default for FsSection {
+    fn default() -> Self {
+        Self {
+            max_dirty_items: 50_000,
+            commit_interval_ms: 5_000,
+            data_wait_timeout_secs: 30,
+            merge_interval_ms: 100,
+        }
+    }
+}
+
+fn default_cache_mib() -> u64 {
+    256
+}
+
+fn default_log() -> String {
+    "info".into()
+}
+
+impl NodeConfig {
+    /// Read `path` (TOML) with `SCOUTGW_` environment overrides.
+    pub fn load(path: &Path) -> Result<Self, CliError> {
+        let bad = |e: config::ConfigError| CliError::Usage(format!("{}: {e}", path.display()));
+        let cfg = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("SCOUTGW")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("export.clients"),
+            )
+            .build()
+            .map_err(bad)?;
+        let c: NodeConfig = cfg.try_deserialize().map_err(bad)?;
+        c.export_options()?;
+        Ok(c)
+    }
+
+    pub fn export_options(&self) -> Result<ExportOptions, CliError> {
+        let e = &self.export;
+        let clients = e
+            .clients
+            .iter()
+            .map(|s| s.parse::<Network>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| CliError::Usage(format!("export.clients: {m}")))?;
+        if !e.path.starts_with('/') {
+            return Err(CliError::Usage(format!(
+                "export.path {:?} must start with '/'",
+                e.path
+            )));
+        }
+        Ok(ExportOptions {
+            path: e.path.clone(),
+            clients,
+            read_only: e.read_only,
+            root_squash: e.root_squash,
+            all_squash: e.all_squash,
+            anon_uid: e.anon_uid,
+            anon_gid: e.anon_gid,
+            sync: e.sync,
+        })
+    }
+
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_millis(self.fs.commit_interval_ms.max(10))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_packaged_sample_parses_and_has_the_defaults() {
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/scoutgw.toml");
+        let c = NodeConfig::load(&sample).unwrap();
+        assert_eq!(c.nfs.bind, NfsSection::default().bind);
+        assert_eq!(c.export.clients, ExportSection::default().clients);
+        assert!(c.export.sync);
+        assert_eq!(c.fs.max_dirty_items, FsSection::default().max_dirty_items);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_networks_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let base = "[node]\nmeta_device='m'\ndata_device='d'\nstate_dir='s'\n";
+        std::fs::write(&p, format!("{base}[nfs]\nbindd='1.2.3.4:1'\n")).unwrap();
+        assert!(NodeConfig::load(&p).is_err());
+        std::fs::write(&p, format!("{base}[export]\nclients=['10.0.0.0/99']\n")).unwrap();
+        let e = NodeConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("export.clients"), "{e}");
+        std::fs::write(&p, base).unwrap();
+        assert!(NodeConfig::load(&p).is_ok());
+    }
+}

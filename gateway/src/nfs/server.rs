@@ -1,0 +1,257 @@
+//! The NFS port: one TCP listener answering NFSv3, MOUNT v3 and the portmapper's GETPORT.
+//!
+//! [`NfsService::handle`] turns one RPC record into its reply (synchronously: it runs on a
+//! blocking thread because `Fs` calls block); [`serve`] is the tokio shell around it: accept
+//! connections, read records, run each on the blocking pool (so several requests of one
+//! client are in flight at once, as the Linux client sends them), and write replies back in
+//! completion order. Non-idempotent NFS calls go through the duplicate-request cache.
+
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use scoutgw_cluster::fs::Fs;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::drc::{DrcKey, DuplicateCache, Seen};
+use super::export::ExportOptions;
+use super::mount::{portmap_call, Mount, MOUNT_PROGRAM, MOUNT_V3, PORTMAP_PROGRAM, PORTMAP_V2};
+use super::nfs3::{is_non_idempotent, Nfs3, ProcError, NFS_PROGRAM, NFS_V3};
+use super::record::{read_record, write_record, RecordError};
+use super::rpc::{accepted, denied_auth, parse_call, Accept, AuthStat};
+
+/// The largest record accepted: a 1 MiB WRITE plus its header and credentials.
+pub const MAX_RECORD: usize = (1 << 20) + 64 * 1024;
+/// Requests of one connection running at once.
+const PER_CONNECTION_INFLIGHT: usize = 64;
+/// Requests of the whole node running at once (shutdown waits for all of them).
+pub const NODE_INFLIGHT: u32 = 1024;
+
+/// Counters of the NFS port (exported as metrics by a later issue).
+#[derive(Debug, Default)]
+pub struct NfsCounters {
+    pub calls: AtomicU64,
+    pub replays: AtomicU64,
+    pub dropped_duplicates: AtomicU64,
+    pub bad_records: AtomicU64,
+}
+
+/// Everything a request needs: the programs, the export and the duplicate-request cache.
+pub struct NfsService {
+    nfs: Nfs3,
+    mount: Mount,
+    drc: DuplicateCache,
+    export: Arc<ExportOptions>,
+    port: AtomicU16,
+    pub counters: NfsCounters,
+}
+
+impl NfsService {
+    pub fn new(
+        fs: Arc<Fs>,
+        fsid: u64,
+        export: ExportOptions,
+        write_verf: [u8; 8],
+        drc_entries: usize,
+    ) -> Self {
+        let export = Arc::new(export);
+        Self {
+            nfs: Nfs3::new(fs, fsid, export.clone(), write_verf),
+            mount: Mount::new(export.clone()),
+            drc: DuplicateCache::new(drc_entries),
+            export,
+            port: AtomicU16::new(0),
+            counters: NfsCounters::default(),
+        }
+    }
+
+    /// The port GETPORT answers with (set once the listener is bound).
+    pub fn set_port(&self, port: u16) {
+        self.port.store(port, Ordering::Relaxed);
+    }
+
+    /// The reply to one RPC record from `client`, or `None` when nothing is to be sent
+    /// (not a call; a retransmission of a request still running).
+    pub fn handle(&self, client: SocketAddr, record: &[u8]) -> Option<Vec<u8>> {
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let call = match parse_call(record) {
+            Ok(c) => c,
+            Err(e) => {
+                self.counters.bad_records.fetch_add(1, Ordering::Relaxed);
+                return e.reply();
+            }
+        };
+        let xid = call.xid;
+        let reply = |res: Result<Vec<u8>, ProcError>| match res {
+            Ok(body) => accepted(xid, Accept::Success, &body),
+            Err(ProcError::ProcUnavail) => accepted(xid, Accept::ProcUnavail, &[]),
+            Err(ProcError::GarbageArgs(_)) => accepted(xid, Accept::GarbageArgs, &[]),
+        };
+        match (call.prog, call.vers) {
+            (NFS_PROGRAM, NFS_V3) => {
+                if !self.export.admits(client.ip()) {
+                    return Some(denied_auth(xid, AuthStat::TooWeak));
+                }
+                let caller = self.export.caller(&call.cred);
+                let run = || {
+                    catch_unwind(AssertUnwindSafe(|| {
+                        self.nfs.call(call.procedure, call.args, &caller)
+                    }))
+                };
+                if !is_non_idempotent(call.procedure) {
+                    return Some(match run() {
+                        Ok(res) => reply(res),
+                        Err(_) => accepted(xid, Accept::SystemErr, &[]),
+                    });
+                }
+                let key = DrcKey::new(client.ip(), xid, record);
+                match self.drc.begin(key) {
+                    Seen::New => {}
+                    Seen::InProgress => {
+                        self.counters
+                            .dropped_duplicates
+                            .fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    }
+                    Seen::Replay(r) => {
+                        self.counters.replays.fetch_add(1, Ordering::Relaxed);
+                        return Some((*r).clone());
+                    }
+                }
+                match run() {
+                    Ok(res) => {
+                        let out = reply(res);
+                        self.drc.finish(key, out.clone());
+                        Some(out)
+                    }
+                    Err(_) => {
+                        self.drc.abandon(key);
+                        Some(accepted(xid, Accept::SystemErr, &[]))
+                    }
+                }
+            }
+            (NFS_PROGRAM, _) => Some(accepted(
+                xid,
+                Accept::ProgMismatch {
+                    low: NFS_V3,
+                    high: NFS_V3,
+                },
+                &[],
+            )),
+            (MOUNT_PROGRAM, MOUNT_V3) => Some(reply(self.mount.call(
+                call.procedure,
+                call.args,
+                client.ip(),
+                || self.nfs.root_handle(),
+            ))),
+            (MOUNT_PROGRAM, _) => Some(accepted(
+                xid,
+                Accept::ProgMismatch {
+                    low: MOUNT_V3,
+                    high: MOUNT_V3,
+                },
+                &[],
+            )),
+            (PORTMAP_PROGRAM, PORTMAP_V2) => Some(reply(portmap_call(
+                call.procedure,
+                call.args,
+                self.port.load(Ordering::Relaxed),
+            ))),
+            (PORTMAP_PROGRAM, _) => Some(accepted(
+                xid,
+                Accept::ProgMismatch {
+                    low: PORTMAP_V2,
+                    high: PORTMAP_V2,
+                },
+                &[],
+            )),
+            _ => Some(accepted(xid, Accept::ProgUnavail, &[])),
+        }
+    }
+}
+
+/// Accept connections until `shutdown` turns true. Every request holds a permit of
+/// `inflight` while it runs, so the caller can wait for in-flight requests to finish by
+/// acquiring all [`NODE_INFLIGHT`] permits.
+pub async fn serve(
+    listener: TcpListener,
+    svc: Arc<NfsService>,
+    inflight: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(connection(stream, peer, svc.clone(), inflight.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("nfs: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    svc: Arc<NfsService>,
+    inflight: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(PER_CONNECTION_INFLIGHT);
+    let writer = tokio::spawn(async move {
+        while let Some(reply) = rx.recv().await {
+            if write_record(&mut wr, &reply).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let per_conn = Arc::new(Semaphore::new(PER_CONNECTION_INFLIGHT));
+    loop {
+        let record = tokio::select! {
+            r = read_record(&mut rd, MAX_RECORD) => r,
+            _ = shutdown.changed() => break,
+        };
+        let record = match record {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(RecordError::TooLarge { len, max }) => {
+                svc.counters.bad_records.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("nfs: {peer}: record of {len} bytes (limit {max}); closing");
+                break;
+            }
+            Err(e) => {
+                tracing::debug!("nfs: {peer}: {e}");
+                break;
+            }
+        };
+        let Ok(conn_permit) = per_conn.clone().acquire_owned().await else {
+            break;
+        };
+        let Ok(node_permit) = inflight.clone().acquire_owned().await else {
+            break;
+        };
+        let svc = svc.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let out = tokio::task::spawn_blocking(move || svc.handle(peer, &record)).await;
+            if let Ok(Some(reply)) = out {
+                let _ = tx.send(reply).await;
+            }
+            drop(conn_permit);
+            drop(node_permit);
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
