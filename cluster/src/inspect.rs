@@ -166,7 +166,8 @@ fn list_report(md: &MetaDev, name: &'static str, head: &AllocListHead, limit: u6
     rep
 }
 
-fn quorum_report(md: &MetaDev, slot: usize, addr: String) -> QuorumSlotReport {
+/// The quorum block of `slot`: its events (elections, fences) as recorded.
+pub fn quorum_report(md: &MetaDev, slot: usize, addr: String) -> QuorumSlotReport {
     let blkno = QUORUM_BLKNO + slot as u64;
     let mut rep = QuorumSlotReport {
         slot,

@@ -144,6 +144,10 @@ pub struct QuickstartArgs {
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:2049")]
     pub nfs_bind: std::net::SocketAddr,
 
+    /// Address of the HTTP API and /metrics.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8049")]
+    pub http_bind: std::net::SocketAddr,
+
     /// Only create the devices, the filesystem and DIR/scoutgw.toml; do not serve.
     #[arg(long)]
     pub setup_only: bool,

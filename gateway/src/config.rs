@@ -22,6 +22,29 @@ pub struct NodeConfig {
     pub export: ExportSection,
     #[serde(default)]
     pub fs: FsSection,
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Address and TCP port of the HTTP API and /metrics.
+    pub bind: SocketAddr,
+    /// When set, every route but /healthz and /readyz needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Largest page of an index walk or xattr search.
+    pub max_page: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8049".parse().expect("valid address"),
+            token: None,
+            max_page: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -188,6 +211,8 @@ mod tests {
         assert_eq!(c.export.clients, ExportSection::default().clients);
         assert!(c.export.sync);
         assert_eq!(c.fs.max_dirty_items, FsSection::default().max_dirty_items);
+        assert_eq!(c.http.bind, HttpSection::default().bind);
+        assert_eq!(c.http.token, None);
     }
 
     #[test]

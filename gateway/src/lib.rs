@@ -14,6 +14,8 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod http;
+pub mod metered;
 pub mod nfs;
 pub mod node;
 pub mod size;

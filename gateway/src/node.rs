@@ -20,8 +20,16 @@ use scoutgw_cluster::server::{Server, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use scoutgw_metrics::NodeMetrics;
+use serde_json::json;
+
 use crate::commands::open_device;
 use crate::config::NodeConfig;
+use crate::http::api::{Api, ClusterView};
+use crate::http::server::HttpService;
+use crate::metered::MeteredDevice;
 use crate::nfs::server::{serve, NfsService, NODE_INFLIGHT};
 use crate::CliError;
 
@@ -67,9 +75,62 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
-/// Start a node, call `on_ready` with the NFS address once it serves, and run until
-/// SIGTERM or SIGINT.
-pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(SocketAddr, u64)) -> Result<(), CliError> {
+/// Addresses a started node serves on.
+#[derive(Debug, Clone, Copy)]
+pub struct Serving {
+    pub nfs: SocketAddr,
+    pub http: SocketAddr,
+    pub fsid: u64,
+}
+
+/// What `GET /v1/cluster` reports: the quorum slots with their recorded events, the
+/// mounted clients, and this node's role. A one-node cluster: this node runs the server in
+/// process, so it leads its only slot.
+fn cluster_view(server: &Arc<LocalServer>, rid: u64) -> ClusterView {
+    let server = server.clone();
+    Arc::new(move || {
+        server.with(|s| {
+            let sb = *s.stable_super();
+            let md = s.meta_dev().clone();
+            let mut term = 0;
+            let mut slots = Vec::new();
+            for (slot, addr) in sb.qconf.present() {
+                let rep = scoutgw_cluster::inspect::quorum_report(&md, slot, addr.to_string());
+                term = rep.events.iter().map(|e| e.term).fold(term, u64::max);
+                slots.push(json!({
+                    "slot": slot,
+                    "addr": addr.to_string(),
+                    "events": rep.events,
+                }));
+            }
+            let first = scoutgw_cluster::format::log_trees::mounted_client_key(0);
+            let last = scoutgw_cluster::format::log_trees::mounted_client_key(u64::MAX);
+            let clients =
+                scoutgw_cluster::btree::range(&md, None, &sb.mounted_clients, &first, &last)
+                    .map_err(|e| format!("reading mounted clients: {e}"))?;
+            let mounted: Vec<_> = clients
+                .iter()
+                .map(|it| json!({ "rid": format!("{:016x}", it.key.first.get()) }))
+                .collect();
+            let leader = sb
+                .qconf
+                .present()
+                .next()
+                .map(|(slot, addr)| json!({ "slot": slot, "addr": addr.to_string() }));
+            Ok(json!({
+                "fsid": format!("{:016x}", sb.fsid()),
+                "term": term,
+                "leader": leader,
+                "quorum_slots": slots,
+                "mounted_clients": mounted,
+                "this_node": { "rid": format!("{rid:016x}"), "role": "leader" },
+            }))
+        })
+    })
+}
+
+/// Start a node, call `on_ready` once it serves, and run until SIGTERM or SIGINT.
+pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(Serving)) -> Result<(), CliError> {
     init_logging(&cfg.node.log);
     let export = cfg.export_options()?;
     std::fs::create_dir_all(&cfg.node.state_dir).map_err(|source| CliError::Io {
@@ -85,9 +146,18 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(SocketAddr, u64)) -> Result<(
         }
     })?;
 
+    let metrics = Arc::new(NodeMetrics::new());
     let cache_bytes = cfg.node.cache_mib << 20;
-    let meta = open_device(&cfg.node.meta_device, false)?;
-    let data = open_device(&cfg.node.data_device, false)?;
+    let meta = MeteredDevice::wrap(
+        open_device(&cfg.node.meta_device, false)?,
+        "meta",
+        metrics.clone(),
+    );
+    let data = MeteredDevice::wrap(
+        open_device(&cfg.node.data_device, false)?,
+        "data",
+        metrics.clone(),
+    );
     let server = Server::open(
         meta.clone(),
         ServerConfig {
@@ -100,7 +170,7 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(SocketAddr, u64)) -> Result<(
     let server = Arc::new(LocalServer::new(server));
     let md = Arc::new(MetaDev::new(meta, fsid, cache_bytes));
     let fs = Fs::mount(
-        md,
+        md.clone(),
         data,
         server.clone(),
         Arc::new(LocalLocks::new()),
@@ -123,7 +193,24 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(SocketAddr, u64)) -> Result<(
         export,
         verf,
         cfg.nfs.drc_entries,
+        metrics.clone(),
     ));
+    let ready = Arc::new(AtomicBool::new(false));
+    let http_svc = Arc::new(HttpService {
+        api: Arc::new(Api {
+            fs: fs.clone(),
+            cluster: cluster_view(&server, rid),
+            max_page: cfg.http.max_page.max(1),
+        }),
+        token: cfg.http.token.clone().filter(|t| !t.is_empty()),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        refresh_metrics: {
+            let (metrics, server, md) = (metrics.clone(), server.clone(), md.clone());
+            Box::new(move || refresh_metrics(&metrics, &server, &md))
+        },
+    });
+    metrics.set_role("leader");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -132,13 +219,25 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(SocketAddr, u64)) -> Result<(
         .build()
         .map_err(|e| node_err("starting the runtime")(e.to_string()))?;
     let served = rt.block_on(async {
-        let listener = TcpListener::bind(cfg.nfs.bind)
-            .await
-            .map_err(|e| node_err(&format!("binding NFS to {}", cfg.nfs.bind))(e.to_string()))?;
+        let listener = TcpListener::bind(cfg.nfs.bind).await.map_err(|e| {
+            node_err(&format!(
+                "binding NFS to {} (set nfs.bind, SCOUTGW_NFS__BIND or quickstart --nfs-bind)",
+                cfg.nfs.bind
+            ))(e.to_string())
+        })?;
         let addr = listener
             .local_addr()
             .map_err(|e| node_err("NFS address")(e.to_string()))?;
         svc.set_port(addr.port());
+        let http_listener = TcpListener::bind(cfg.http.bind).await.map_err(|e| {
+            node_err(&format!(
+                "binding HTTP to {} (set http.bind, SCOUTGW_HTTP__BIND or quickstart --http-bind)",
+                cfg.http.bind
+            ))(e.to_string())
+        })?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|e| node_err("HTTP address")(e.to_string()))?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let inflight = Arc::new(Semaphore::new(NODE_INFLIGHT as usize));
         let nfs_task = tokio::spawn(serve(
@@ -147,18 +246,33 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(SocketAddr, u64)) -> Result<(
             inflight.clone(),
             stop_rx.clone(),
         ));
+        let http_task = tokio::spawn(crate::http::server::serve(
+            http_listener,
+            http_svc.clone(),
+            stop_rx.clone(),
+        ));
         let committer = tokio::spawn(commit_periodically(
             fs.clone(),
             cfg.commit_interval(),
+            metrics.clone(),
             stop_rx,
         ));
-        tracing::info!("serving NFSv3 on {addr} (fsid {fsid:016x}, rid {rid:016x})");
-        on_ready(addr, fsid);
+        tracing::info!(
+            "serving NFSv3 on {addr}, HTTP on {http_addr} (fsid {fsid:016x}, rid {rid:016x})"
+        );
+        ready.store(true, Ordering::Relaxed);
+        on_ready(Serving {
+            nfs: addr,
+            http: http_addr,
+            fsid,
+        });
 
         wait_for_signal().await;
         tracing::info!("shutting down: no new requests; waiting for those in flight");
+        ready.store(false, Ordering::Relaxed);
         let _ = stop_tx.send(true);
         let _ = nfs_task.await;
+        let _ = http_task.await;
         match tokio::time::timeout(DRAIN_TIMEOUT, inflight.acquire_many(NODE_INFLIGHT)).await {
             Ok(_) => {}
             Err(_) => tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}"),
@@ -168,6 +282,7 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(SocketAddr, u64)) -> Result<(
     });
     rt.shutdown_timeout(Duration::from_secs(5));
     drop(svc);
+    drop(http_svc);
     let result = match Arc::try_unwrap(fs) {
         Ok(fs) => fs
             .unmount()
@@ -187,7 +302,29 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(SocketAddr, u64)) -> Result<(
     Ok(())
 }
 
-async fn commit_periodically(fs: Arc<Fs>, every: Duration, mut stop: watch::Receiver<bool>) {
+/// Copy values other crates keep into the metrics, just before a scrape.
+fn refresh_metrics(m: &NodeMetrics, server: &LocalServer, client_md: &MetaDev) {
+    let c = client_md.cache_stats();
+    m.set_block_cache("client", c.hits, c.misses, c.bytes);
+    let (sc, backlog, merged) = server.with(|s| {
+        let roots = s.roots();
+        let backlog = scoutgw_cluster::server::all_log_trees(s.meta_dev(), None, &roots.logs_root)
+            .map(|lts| lts.iter().filter(|lt| lt.is_finalized()).count() as u64)
+            .unwrap_or(0);
+        (s.meta_dev().cache_stats(), backlog, s.trees_merged())
+    });
+    m.set_block_cache("server", sc.hits, sc.misses, sc.bytes);
+    m.set_merge(backlog, merged);
+    // One node: it leads, so no heartbeat is awaited.
+    m.quorum_heartbeat_age_seconds.set(0.0);
+}
+
+async fn commit_periodically(
+    fs: Arc<Fs>,
+    every: Duration,
+    metrics: Arc<NodeMetrics>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -196,7 +333,15 @@ async fn commit_periodically(fs: Arc<Fs>, every: Duration, mut stop: watch::Rece
             _ = stop.changed() => return,
         }
         let fs = fs.clone();
-        match tokio::task::spawn_blocking(move || fs.sync()).await {
+        let m = metrics.clone();
+        let commit = move || {
+            let start = std::time::Instant::now();
+            let r = fs.sync();
+            m.commits.inc();
+            m.commit_seconds.observe(start.elapsed().as_secs_f64());
+            r
+        };
+        match tokio::task::spawn_blocking(commit).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!("periodic commit failed: {e}"),
             Err(e) => tracing::error!("periodic commit panicked: {e}"),

@@ -87,10 +87,14 @@ pub fn run(a: &QuickstartArgs) -> Result<(), CliError> {
     }
     let mut cfg = NodeConfig::load(&config_path)?;
     cfg.nfs.bind = a.nfs_bind;
-    crate::node::run(&cfg, |addr, _fsid| {
-        let (ip, port) = (addr.ip(), addr.port());
+    cfg.http.bind = a.http_bind;
+    crate::node::run(&cfg, |s| {
+        let (ip, port) = (s.nfs.ip(), s.nfs.port());
         println!();
-        println!("scoutgw: serving NFSv3 on {addr}; Ctrl-C stops it cleanly.");
+        println!(
+            "scoutgw: serving NFSv3 on {} and HTTP on {}; Ctrl-C stops it cleanly.",
+            s.nfs, s.http
+        );
         println!("Mount it from Linux:");
         println!(
             "  sudo mkdir -p /mnt/scoutgw && sudo mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port},mountproto=tcp,nolock {ip}:/ /mnt/scoutgw"
@@ -100,6 +104,10 @@ pub fn run(a: &QuickstartArgs) -> Result<(), CliError> {
             "  sudo mkdir -p /Volumes/scoutgw && sudo mount -t nfs -o vers=3,tcp,port={port},mountport={port},nolocks {ip}:/ /Volumes/scoutgw"
         );
         println!("Or with libnfs: nfs-ls 'nfs://{ip}/?version=3&nfsport={port}&mountport={port}'");
+        println!(
+            "HTTP API: curl http://{}/v1/cluster (OpenAPI at /v1/openapi.json, metrics at /metrics)",
+            s.http
+        );
     })
 }
 

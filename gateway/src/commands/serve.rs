@@ -6,7 +6,10 @@ use crate::CliError;
 
 pub fn run(a: &ServeArgs) -> Result<(), CliError> {
     let cfg = NodeConfig::load(&a.config)?;
-    crate::node::run(&cfg, |addr, fsid| {
-        println!("scoutgw: serving NFSv3 on {addr} (filesystem {fsid:016x})");
+    crate::node::run(&cfg, |s| {
+        println!(
+            "scoutgw: serving NFSv3 on {} and HTTP on {} (filesystem {:016x})",
+            s.nfs, s.http, s.fsid
+        );
     })
 }

@@ -17,6 +17,7 @@ use nfsserve::xdr::XDR;
 use scoutgw_cluster::fs::{
     Attr, FileType, Fs, FsError, NewNode, SetAttr, SetTime, Time, MAX_FILE_SIZE,
 };
+use scoutgw_metrics::NodeMetrics;
 
 use super::export::{
     may_access_data, may_delete, permits, Caller, ExportOptions, MAY_EXEC, MAY_READ, MAY_WRITE,
@@ -129,6 +130,7 @@ pub struct Nfs3 {
     export: Arc<ExportOptions>,
     /// The write verifier: one per node boot. Clients resend UNSTABLE writes when it changes.
     write_verf: [u8; 8],
+    metrics: Arc<NodeMetrics>,
 }
 
 type NfsResult<T> = Result<T, nfsstat3>;
@@ -219,13 +221,31 @@ fn read_fh_bytes<'a>(r: &mut XdrReader<'a>) -> Result<&'a [u8], XdrError> {
 }
 
 impl Nfs3 {
-    pub fn new(fs: Arc<Fs>, fsid: u64, export: Arc<ExportOptions>, write_verf: [u8; 8]) -> Self {
+    pub fn new(
+        fs: Arc<Fs>,
+        fsid: u64,
+        export: Arc<ExportOptions>,
+        write_verf: [u8; 8],
+        metrics: Arc<NodeMetrics>,
+    ) -> Self {
         Self {
             fs,
             fsid,
             export,
             write_verf,
+            metrics,
         }
+    }
+
+    /// Commit everything open (COMMIT, stable WRITEs, sync exports), timed.
+    fn commit_all(&self) -> Result<(), FsError> {
+        let start = std::time::Instant::now();
+        let r = self.fs.sync();
+        self.metrics.commits.inc();
+        self.metrics
+            .commit_seconds
+            .observe(start.elapsed().as_secs_f64());
+        r
     }
 
     pub fn root_handle(&self) -> Vec<u8> {
@@ -350,7 +370,7 @@ impl Nfs3 {
         }
         if self.export.sync && w.buf.starts_with(&[0; 4]) {
             if let Some(fail_body) = metadata_fail_body(procedure) {
-                if let Err(e) = self.fs.sync() {
+                if let Err(e) = self.commit_all() {
                     tracing::error!(
                         "nfs: commit before replying to procedure {procedure} failed: {e}"
                     );
@@ -563,6 +583,7 @@ impl Nfs3 {
         })();
         match res {
             Ok(data) => {
+                self.metrics.nfs_read_bytes.inc_by(data.len() as u64);
                 let size = attr.map_or(0, |a| a.size);
                 let eof = offset.saturating_add(data.len() as u64) >= size;
                 w.u32(0);
@@ -604,8 +625,9 @@ impl Nfs3 {
                 .fs
                 .write(a.ino, offset, data)
                 .map_err(|e| nfs_status(&e))?;
+            self.metrics.nfs_write_bytes.inc_by(data.len() as u64);
             if stable != UNSTABLE {
-                self.fs.fsync(a.ino).map_err(|e| nfs_status(&e))?;
+                self.commit_all().map_err(|e| nfs_status(&e))?;
             }
             Ok(after)
         })();
@@ -1181,7 +1203,7 @@ impl Nfs3 {
             let a = self.resolve(fh)?;
             before = Some(a);
             // The whole transaction commits: every UNSTABLE write so far becomes durable.
-            self.fs.fsync(a.ino).map_err(|e| nfs_status(&e))
+            self.commit_all().map_err(|e| nfs_status(&e))
         })();
         let after = before.and_then(|b| self.fresh(b.ino));
         w.u32(res.err().map_or(0, |s| s as u32));

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use scoutgw_cluster::fs::Fs;
+use scoutgw_metrics::NodeMetrics;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -47,6 +48,70 @@ pub struct NfsService {
     export: Arc<ExportOptions>,
     port: AtomicU16,
     pub counters: NfsCounters,
+    metrics: Arc<NodeMetrics>,
+}
+
+const NFS_PROC_NAMES: [&str; 22] = [
+    "NULL",
+    "GETATTR",
+    "SETATTR",
+    "LOOKUP",
+    "ACCESS",
+    "READLINK",
+    "READ",
+    "WRITE",
+    "CREATE",
+    "MKDIR",
+    "SYMLINK",
+    "MKNOD",
+    "REMOVE",
+    "RMDIR",
+    "RENAME",
+    "LINK",
+    "READDIR",
+    "READDIRPLUS",
+    "FSSTAT",
+    "FSINFO",
+    "PATHCONF",
+    "COMMIT",
+];
+const MOUNT_PROC_NAMES: [&str; 6] = ["MOUNT_NULL", "MNT", "DUMP", "UMNT", "UMNTALL", "EXPORT"];
+
+/// The metric label of a call's procedure.
+fn procedure_label(prog: u32, procedure: u32) -> &'static str {
+    let pick = |names: &[&'static str]| names.get(procedure as usize).copied().unwrap_or("unknown");
+    match prog {
+        NFS_PROGRAM => pick(&NFS_PROC_NAMES),
+        MOUNT_PROGRAM => pick(&MOUNT_PROC_NAMES),
+        PORTMAP_PROGRAM => match procedure {
+            0 => "PMAP_NULL",
+            3 => "GETPORT",
+            _ => "unknown",
+        },
+        _ => "unknown",
+    }
+}
+
+/// The metric label of a reply's outcome: the NFS status of an answered NFS call, else
+/// the RPC accept or reject state.
+fn status_label(prog: u32, reply: &[u8]) -> &'static str {
+    let word = |at: usize| {
+        reply
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if word(8) != Some(0) {
+        return "RPC_DENIED";
+    }
+    match word(20) {
+        Some(0) if prog == NFS_PROGRAM => word(24).map_or("SUCCESS", super::status::status_name),
+        Some(0) => "SUCCESS",
+        Some(1) => "PROG_UNAVAIL",
+        Some(2) => "PROG_MISMATCH",
+        Some(3) => "PROC_UNAVAIL",
+        Some(4) => "GARBAGE_ARGS",
+        _ => "SYSTEM_ERR",
+    }
 }
 
 impl NfsService {
@@ -56,15 +121,17 @@ impl NfsService {
         export: ExportOptions,
         write_verf: [u8; 8],
         drc_entries: usize,
+        metrics: Arc<NodeMetrics>,
     ) -> Self {
         let export = Arc::new(export);
         Self {
-            nfs: Nfs3::new(fs, fsid, export.clone(), write_verf),
+            nfs: Nfs3::new(fs, fsid, export.clone(), write_verf, metrics.clone()),
             mount: Mount::new(export.clone()),
             drc: DuplicateCache::new(drc_entries),
             export,
             port: AtomicU16::new(0),
             counters: NfsCounters::default(),
+            metrics,
         }
     }
 
@@ -76,14 +143,38 @@ impl NfsService {
     /// The reply to one RPC record from `client`, or `None` when nothing is to be sent
     /// (not a call; a retransmission of a request still running).
     pub fn handle(&self, client: SocketAddr, record: &[u8]) -> Option<Vec<u8>> {
+        let start = std::time::Instant::now();
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let call = match parse_call(record) {
             Ok(c) => c,
             Err(e) => {
                 self.counters.bad_records.fetch_add(1, Ordering::Relaxed);
+                self.metrics.nfs_bad_records.inc();
                 return e.reply();
             }
         };
+        let (prog, procedure) = (call.prog, call.procedure);
+        let reply = self.handle_call(client, record, call);
+        if let Some(r) = &reply {
+            let name = procedure_label(prog, procedure);
+            self.metrics
+                .nfs_requests
+                .with_label_values(&[name, status_label(prog, r)])
+                .inc();
+            self.metrics
+                .nfs_request_seconds
+                .with_label_values(&[name])
+                .observe(start.elapsed().as_secs_f64());
+        }
+        reply
+    }
+
+    fn handle_call(
+        &self,
+        client: SocketAddr,
+        record: &[u8],
+        call: super::rpc::Call<'_>,
+    ) -> Option<Vec<u8>> {
         let xid = call.xid;
         let reply = |res: Result<Vec<u8>, ProcError>| match res {
             Ok(body) => accepted(xid, Accept::Success, &body),
@@ -118,6 +209,7 @@ impl NfsService {
                     }
                     Seen::Replay(r) => {
                         self.counters.replays.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.nfs_drc_replays.inc();
                         return Some((*r).clone());
                     }
                 }
@@ -227,6 +319,7 @@ async fn connection(
             Ok(None) => break,
             Err(RecordError::TooLarge { len, max }) => {
                 svc.counters.bad_records.fetch_add(1, Ordering::Relaxed);
+                svc.metrics.nfs_bad_records.inc();
                 tracing::warn!("nfs: {peer}: record of {len} bytes (limit {max}); closing");
                 break;
             }
