@@ -1,0 +1,1267 @@
+//! The NFSv3 export of a real `scoutgw serve` process, driven over TCP on 127.0.0.1 by a raw
+//! ONC RPC client (tests/common): retransmissions, hostile input, stable handles, write
+//! verifiers, concurrent writes, directory cookies, AUTH_SYS permissions and export
+//! options, special files, filesystem information and MOUNT/portmap.
+//!
+//! Each test runs its own node on its own port (14001-14099) so they run in parallel.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use common::*;
+
+fn setup(port: u16) -> (Node, Rpc, Vec<u8>) {
+    setup_with(port, &[])
+}
+
+fn setup_with(port: u16, env: &[(&str, &str)]) -> (Node, Rpc, Vec<u8>) {
+    let node = Node::start(port, env);
+    let mut c = Rpc::connect(node.addr());
+    let root = c.root();
+    (node, c, root)
+}
+
+fn name(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+// ------------------------------------------------------------------------------------------
+// Retransmissions and the duplicate-request cache
+
+/// Send `msg` twice (waiting for each reply), once more over a fresh connection (a client
+/// retransmits after reconnecting), and check all three replies are byte-identical.
+fn send_thrice(node: &Node, c: &mut Rpc, msg: &[u8]) -> Vec<u8> {
+    let first = c.raw(msg);
+    let second = c.raw(msg);
+    assert_eq!(first, second, "a retransmission got a different reply");
+    let mut other = Rpc::connect(node.addr());
+    assert_eq!(
+        other.raw(msg),
+        first,
+        "a retransmission over a new connection got a different reply"
+    );
+    first
+}
+
+#[test]
+fn retransmitted_create_rename_remove_mkdir_get_the_original_reply() {
+    let (node, mut c, root) = setup(14001);
+
+    // CREATE GUARDED: executing it twice would answer EXIST.
+    let xid = c.next_xid();
+    let create = c.message(
+        xid,
+        NFS,
+        3,
+        proc3::CREATE,
+        &args::create(&root, b"a", How::Guarded(Sattr::mode(0o644))),
+    );
+    let reply = send_thrice(&node, &mut c, &create);
+    assert_eq!(reply_status(&reply), st::OK);
+    assert_eq!(
+        c.create(&root, b"a", How::Guarded(Sattr::mode(0o644)))
+            .unwrap_err(),
+        st::EXIST,
+        "a new xid executes again"
+    );
+
+    // RENAME a -> b: executing it twice would answer NOENT.
+    let xid = c.next_xid();
+    let rename = c.message(
+        xid,
+        NFS,
+        3,
+        proc3::RENAME,
+        &args::rename(&root, b"a", &root, b"b"),
+    );
+    let reply = send_thrice(&node, &mut c, &rename);
+    assert_eq!(reply_status(&reply), st::OK);
+    assert_eq!(c.lookup(&root, b"a").unwrap_err(), st::NOENT);
+    c.lookup(&root, b"b").expect("b after the rename");
+    assert_eq!(c.rename(&root, b"a", &root, b"b"), st::NOENT, "a new xid");
+
+    // REMOVE b.
+    let xid = c.next_xid();
+    let remove = c.message(xid, NFS, 3, proc3::REMOVE, &args::dirop(&root, b"b"));
+    let reply = send_thrice(&node, &mut c, &remove);
+    assert_eq!(reply_status(&reply), st::OK);
+    assert_eq!(c.lookup(&root, b"b").unwrap_err(), st::NOENT);
+    assert_eq!(c.remove(&root, b"b"), st::NOENT, "a new xid");
+
+    // MKDIR d.
+    let xid = c.next_xid();
+    let mkdir = c.message(
+        xid,
+        NFS,
+        3,
+        proc3::MKDIR,
+        &args::mkdir(&root, b"d", &Sattr::mode(0o755)),
+    );
+    let reply = send_thrice(&node, &mut c, &mkdir);
+    assert_eq!(reply_status(&reply), st::OK);
+    assert_eq!(
+        c.mkdir(&root, b"d", &Sattr::mode(0o755)).unwrap_err(),
+        st::EXIST,
+        "a new xid"
+    );
+
+    // The same xid with other arguments is another request, not a duplicate.
+    let other = c.message(
+        xid,
+        NFS,
+        3,
+        proc3::MKDIR,
+        &args::mkdir(&root, b"e", &Sattr::mode(0o755)),
+    );
+    assert_eq!(reply_status(&c.raw(&other)), st::OK);
+    c.lookup(&root, b"e").expect("e was made");
+
+    // A retransmission that arrives while the original still runs must not execute twice:
+    // pipeline the same RENAME twice, then a NULL; every RENAME reply is the success.
+    c.create_file(&root, b"p", 0o644);
+    let xid = c.next_xid();
+    let rename = c.message(
+        xid,
+        NFS,
+        3,
+        proc3::RENAME,
+        &args::rename(&root, b"p", &root, b"q"),
+    );
+    c.send(&rename);
+    c.send(&rename);
+    let null_xid = c.next_xid();
+    c.send(&c.message(null_xid, NFS, 3, proc3::NULL, &[]));
+    // Replies come in completion order: collect until the NULL's and one RENAME's are in,
+    // then give a replayed duplicate a moment to arrive.
+    let (mut renames, mut null_seen) = (Vec::new(), false);
+    while !null_seen || renames.is_empty() {
+        let rec = c.recv();
+        let (rx, _) = parse_reply(&rec);
+        if rx == null_xid {
+            null_seen = true;
+        } else {
+            assert_eq!(rx, xid);
+            renames.push(rec);
+        }
+    }
+    c.stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    if let Ok(rec) = read_record(&mut c.stream) {
+        renames.push(rec);
+    }
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    // The duplicate is answered with the original reply, or dropped while in progress.
+    for r in &renames {
+        assert_eq!(r, &renames[0]);
+        assert_eq!(
+            reply_status(r),
+            st::OK,
+            "the duplicate RENAME executed again"
+        );
+    }
+    c.lookup(&root, b"q").expect("q");
+    drop(node);
+}
+
+// ------------------------------------------------------------------------------------------
+// Hostile input
+
+/// The connection is closed by the node: a read sees EOF or a reset, not a timeout.
+fn assert_closed(s: &mut TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!(
+            "got {n} bytes instead of a closed connection: {:02x?}",
+            &buf[..n]
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("connection not closed: {e}"),
+    }
+}
+
+#[test]
+fn malformed_records_close_only_their_connection() {
+    let node = Node::start(14002, &[]);
+
+    // A record header claiming 2 GiB.
+    let mut s = TcpStream::connect(node.addr()).unwrap();
+    s.write_all(&0xFFFF_FFFFu32.to_be_bytes()).unwrap();
+    s.write_all(&[0u8; 64]).unwrap();
+    assert_closed(&mut s);
+    Rpc::connect(node.addr()).null();
+
+    // Unframed garbage (its first word reads as a 1.2 GB record).
+    let mut s = TcpStream::connect(node.addr()).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_closed(&mut s);
+    Rpc::connect(node.addr()).null();
+
+    // A truncated record: the header promises 100 bytes, 10 come, then the client's end.
+    let mut s = TcpStream::connect(node.addr()).unwrap();
+    s.write_all(&(100u32 | 1 << 31).to_be_bytes()).unwrap();
+    s.write_all(&[7u8; 10]).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_closed(&mut s);
+    Rpc::connect(node.addr()).null();
+
+    // Whole records that are not calls are ignored and the connection goes on: 2 bytes, a
+    // REPLY message, 40 bytes of noise; then a call split over three fragments.
+    let mut c = Rpc::connect(node.addr());
+    c.send(&[1, 2]);
+    c.send(&[0, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0, 0]);
+    c.send(&pattern(3, 40));
+    let xid = c.next_xid();
+    let msg = c.message(xid, NFS, 3, proc3::NULL, &[]);
+    let mut bytes = Vec::new();
+    for (i, part) in [&msg[..5], &msg[5..17], &msg[17..]].iter().enumerate() {
+        let last = if i == 2 { 1u32 << 31 } else { 0 };
+        bytes.extend_from_slice(&(part.len() as u32 | last).to_be_bytes());
+        bytes.extend_from_slice(part);
+    }
+    c.stream.write_all(&bytes).unwrap();
+    let (rx, reply) = parse_reply(&c.recv());
+    assert_eq!(rx, xid, "the first reply is the NULL's: noise got no reply");
+    assert_eq!(reply, Reply::Success(vec![]));
+
+    // Many connections opened and dropped mid-record do not wedge the node.
+    for i in 0..50u32 {
+        let mut s = TcpStream::connect(node.addr()).unwrap();
+        s.write_all(&(1000 + i).to_be_bytes()).unwrap();
+    }
+    let mut c = Rpc::connect(node.addr());
+    c.null();
+    c.root();
+}
+
+#[test]
+fn bad_calls_get_rpc_errors_and_the_node_keeps_serving() {
+    let (node, mut c, root) = setup(14003);
+
+    // RPC version 3: denied, RPC_MISMATCH 2..2.
+    let xid = c.next_xid();
+    let msg = call_message(xid, 3, NFS, 3, proc3::NULL, &Cred::root(), &[]);
+    assert_eq!(parse_reply(&c.raw(&msg)), (xid, Reply::RpcMismatch(2, 2)));
+
+    // Unknown program; program versions we do not speak.
+    assert_eq!(c.call(100099, 1, 0, &[]), Reply::ProgUnavail);
+    assert_eq!(c.call(NFS, 4, 0, &[]), Reply::ProgMismatch(3, 3));
+    assert_eq!(c.call(NFS, 2, 0, &[]), Reply::ProgMismatch(3, 3));
+    assert_eq!(c.call(MOUNT, 1, 0, &[]), Reply::ProgMismatch(3, 3));
+
+    // Unknown procedures.
+    assert_eq!(c.call(NFS, 3, 22, &args::fh(&root)), Reply::ProcUnavail);
+    assert_eq!(c.call(NFS, 3, 1000, &[]), Reply::ProcUnavail);
+    assert_eq!(c.call(MOUNT, 3, 6, &[]), Reply::ProcUnavail);
+    assert_eq!(c.call(PORTMAP, 2, 4, &[]), Reply::ProcUnavail);
+
+    // Arguments that do not decode.
+    let garbage: Vec<(u32, Vec<u8>)> = vec![
+        (proc3::GETATTR, vec![]),
+        (proc3::GETATTR, vec![0, 0, 0]),
+        (proc3::GETATTR, vec![0, 0, 0, 50, 1, 2]),
+        (proc3::GETATTR, vec![0xFF; 4]),
+        (proc3::LOOKUP, {
+            let mut w = XdrWriter::new();
+            w.opaque(&root).u32(u32::MAX);
+            w.buf
+        }),
+        (proc3::WRITE, {
+            let mut w = XdrWriter::new();
+            w.opaque(&root).u64(0).u32(100).u32(2).u32(100).u32(7);
+            w.buf
+        }),
+        (proc3::CREATE, {
+            let mut w = XdrWriter::new();
+            w.opaque(&root).opaque(b"x").u32(7);
+            w.buf
+        }),
+        (proc3::MKNOD, {
+            let mut w = XdrWriter::new();
+            w.opaque(&root).opaque(b"x").u32(99);
+            w.buf
+        }),
+        (proc3::SETATTR, {
+            let mut w = XdrWriter::new();
+            w.opaque(&root).u32(5);
+            w.buf
+        }),
+    ];
+    for (p, a) in &garbage {
+        assert_eq!(
+            c.call(NFS, 3, *p, a),
+            Reply::GarbageArgs,
+            "procedure {p} with {a:02x?}"
+        );
+    }
+    assert_eq!(c.call(MOUNT, 3, 1, &[0, 0, 1]), Reply::GarbageArgs);
+    assert_eq!(c.call(PORTMAP, 2, 3, &[0, 0, 0, 1]), Reply::GarbageArgs);
+    // Nothing was created by the garbage.
+    assert_eq!(c.lookup(&root, b"x").unwrap_err(), st::NOENT);
+
+    // Credentials of an unknown flavor, and an AUTH_SYS body too short: AUTH_ERROR.
+    let xid = c.next_xid();
+    let mut w = XdrWriter::new();
+    w.u32(xid).u32(0).u32(2).u32(NFS).u32(3).u32(0);
+    w.u32(6).opaque(&[0; 8]).u32(0).opaque(&[]);
+    assert!(matches!(
+        parse_reply(&c.raw(&w.buf)),
+        (x, Reply::AuthError(_)) if x == xid
+    ));
+    let xid = c.next_xid();
+    let mut w = XdrWriter::new();
+    w.u32(xid).u32(0).u32(2).u32(NFS).u32(3).u32(0);
+    w.u32(1).opaque(&[0; 8]).u32(0).opaque(&[]);
+    assert!(matches!(
+        parse_reply(&c.raw(&w.buf)),
+        (x, Reply::AuthError(_)) if x == xid
+    ));
+
+    // Still serving, on this connection and a new one.
+    c.null();
+    c.getattr(&root).expect("GETATTR root");
+    Rpc::connect(node.addr()).null();
+}
+
+#[test]
+fn bogus_handles_answer_badhandle_or_stale() {
+    let (node, mut c, root) = setup(14004);
+    assert_eq!(root.len(), 28);
+    let f = c.create_file(&root, b"f", 0o644);
+    c.write_all(&f, b"data");
+
+    // Malformed: wrong lengths, wrong prefix, inode 0.
+    for bad in [
+        f[..27].to_vec(),
+        [&f[..], &[0]].concat(),
+        vec![],
+        vec![0xAB; 64],
+        {
+            let mut h = f.clone();
+            h[0] ^= 0xFF;
+            h
+        },
+        {
+            let mut h = f.clone();
+            h[12..20].copy_from_slice(&0u64.to_be_bytes());
+            h
+        },
+    ] {
+        assert_eq!(c.getattr(&bad).unwrap_err(), st::BADHANDLE, "{bad:02x?}");
+        assert_eq!(
+            c.read(&bad, 0, 10).unwrap_err(),
+            st::BADHANDLE,
+            "{bad:02x?}"
+        );
+        assert_eq!(
+            c.lookup(&bad, b"f").unwrap_err(),
+            st::BADHANDLE,
+            "{bad:02x?}"
+        );
+    }
+
+    // Another filesystem's handle (fsid in bytes 4..12).
+    let mut other_fs = f.clone();
+    other_fs[11] ^= 1;
+    assert_eq!(c.getattr(&other_fs).unwrap_err(), st::STALE);
+    let mut other_root = root.clone();
+    other_root[4] ^= 0x80;
+    assert_eq!(c.lookup(&other_root, b"f").unwrap_err(), st::STALE);
+
+    // The same inode number with another generation (a reused number).
+    let mut other_gen = f.clone();
+    other_gen[27] ^= 1;
+    assert_eq!(c.getattr(&other_gen).unwrap_err(), st::STALE);
+    assert_eq!(c.read(&other_gen, 0, 4).unwrap_err(), st::STALE);
+    assert_eq!(
+        c.write(&other_gen, 0, b"x", FILE_SYNC).unwrap_err(),
+        st::STALE
+    );
+    // An inode number never allocated.
+    let mut never = f.clone();
+    never[12..20].copy_from_slice(&(1u64 << 40).to_be_bytes());
+    assert_eq!(c.getattr(&never).unwrap_err(), st::STALE);
+
+    // A removed file, and a removed directory.
+    assert_eq!(c.remove(&root, b"f"), st::OK);
+    assert_eq!(c.getattr(&f).unwrap_err(), st::STALE);
+    assert_eq!(c.read(&f, 0, 4).unwrap_err(), st::STALE);
+    assert_eq!(c.write(&f, 0, b"x", FILE_SYNC).unwrap_err(), st::STALE);
+    assert_eq!(c.setattr(&f, &Sattr::mode(0o600)).unwrap_err(), st::STALE);
+    assert_eq!(c.commit(&f).unwrap_err(), st::STALE);
+    let d = c.mkdir_mode(&root, b"d", 0o755);
+    assert_eq!(c.rmdir(&root, b"d"), st::OK);
+    assert_eq!(c.lookup(&d, b"x").unwrap_err(), st::STALE);
+    assert_eq!(
+        c.create(&d, b"x", How::Unchecked(Sattr::default()))
+            .unwrap_err(),
+        st::STALE
+    );
+    assert_eq!(c.readdir(&d, 0, [0; 8], 4096).unwrap_err(), st::STALE);
+
+    // Wrong kind: a file handle where a directory is needed.
+    let g = c.create_file(&root, b"g", 0o644);
+    assert_eq!(c.lookup(&g, b"x").unwrap_err(), st::NOTDIR);
+
+    c.null();
+    Rpc::connect(node.addr()).getattr(&root).expect("root");
+}
+
+// ------------------------------------------------------------------------------------------
+// Restarts: stable handles, durable data, write verifiers
+
+#[test]
+fn handles_stay_valid_across_a_restart() {
+    let (mut node, mut c, root) = setup(14005);
+    let d = c.mkdir_mode(&root, b"dir", 0o755);
+    let f = c.create_file(&d, b"file", 0o644);
+    let data = pattern(5, 300_000);
+    c.write_all(&f, &data);
+    let (looked_up, attr) = c.lookup(&d, b"file").unwrap();
+    assert_eq!(looked_up, f, "LOOKUP gives the handle CREATE gave");
+    let attr = attr.expect("post-op attributes");
+    drop(c);
+
+    node.restart(&[]);
+    let mut c = Rpc::connect(node.addr());
+    assert_eq!(c.root(), root, "the root handle changed across the restart");
+    let after = c
+        .getattr(&f)
+        .expect("GETATTR with a handle from before the restart");
+    assert_eq!(after.fileid, attr.fileid);
+    assert_eq!(after.size, data.len() as u64);
+    assert_eq!(after.mtime, attr.mtime);
+    assert_eq!(
+        c.read_all(&f),
+        data,
+        "data written FILE_SYNC before the restart"
+    );
+    assert_eq!(c.lookup(&d, b"file").unwrap().0, f);
+    assert_eq!(c.list(&d), vec![name("."), name(".."), name("file")]);
+}
+
+#[test]
+fn unstable_writes_and_commit_share_one_verifier_per_boot() {
+    let (mut node, mut c, root) = setup(14006);
+    let f = c.create_file(&root, b"u", 0o644);
+    let a = pattern(6, 100_000);
+    let w1 = c.write(&f, 0, &a[..50_000], UNSTABLE).unwrap();
+    let w2 = c.write(&f, 50_000, &a[50_000..], UNSTABLE).unwrap();
+    assert_eq!(w1.count, 50_000);
+    assert_eq!(w2.count, 50_000);
+    assert!(w1.committed <= FILE_SYNC);
+    assert_eq!(w1.verf, w2.verf, "one verifier per boot");
+    let cv = c.commit(&f).unwrap();
+    assert_eq!(cv, w1.verf, "COMMIT and WRITE verifiers differ");
+    assert_eq!(w2.after.map(|a| a.size), Some(100_000));
+
+    let s = c.write(&f, 0, b"sync", FILE_SYNC).unwrap();
+    assert_eq!(s.committed, FILE_SYNC);
+    assert_eq!(s.verf, cv);
+    let ds = c.write(&f, 4, b"data", DATA_SYNC).unwrap();
+    assert!(
+        ds.committed >= DATA_SYNC,
+        "DATA_SYNC answered {}",
+        ds.committed
+    );
+    drop(c);
+
+    node.restart(&[]);
+    let mut c = Rpc::connect(node.addr());
+    let mut want = a.clone();
+    want[..8].copy_from_slice(b"syncdata");
+    assert_eq!(c.read_all(&f), want);
+    let w3 = c.write(&f, 0, b"x", UNSTABLE).unwrap();
+    assert_ne!(
+        w3.verf, cv,
+        "the verifier must change when the node restarts"
+    );
+    assert_eq!(c.commit(&f).unwrap(), w3.verf);
+}
+
+// ------------------------------------------------------------------------------------------
+// Concurrent writes
+
+#[test]
+fn concurrent_out_of_order_writes_produce_the_right_content() {
+    let (node, mut c, root) = setup(14007);
+    // Chunks not aligned to 4 KiB, so neighbours share blocks.
+    const CHUNK: usize = 12_345;
+    const SIZE: usize = 3 * MIB + 777;
+    let chunks = |seed: u64| {
+        let mut offs: Vec<usize> = (0..SIZE).step_by(CHUNK).collect();
+        shuffle(&mut offs, seed);
+        offs
+    };
+
+    // Many calls pipelined on one connection, offsets shuffled.
+    let data = pattern(7, SIZE);
+    let f = c.create_file(&root, b"one-conn", 0o644);
+    let msgs: Vec<Vec<u8>> = chunks(1)
+        .into_iter()
+        .map(|off| {
+            let end = (off + CHUNK).min(SIZE);
+            let xid = c.next_xid();
+            c.message(
+                xid,
+                NFS,
+                3,
+                proc3::WRITE,
+                &args::write(&f, off as u64, &data[off..end], UNSTABLE),
+            )
+        })
+        .collect();
+    let replies = c.pipeline(&msgs);
+    let mut verfs = BTreeSet::new();
+    for rec in replies.values() {
+        let (_, reply) = parse_reply(rec);
+        let Reply::Success(body) = reply else {
+            panic!("WRITE: {reply:?}")
+        };
+        verfs.insert(parse_write(&body).expect("WRITE").verf);
+    }
+    assert_eq!(verfs.len(), 1);
+    assert_eq!(&c.commit(&f).unwrap(), verfs.first().unwrap());
+    assert_eq!(c.getattr(&f).unwrap().size, SIZE as u64);
+    let got = c.read_all(&f);
+    assert!(
+        got == data,
+        "content differs at byte {:?}",
+        first_diff(&got, &data)
+    );
+
+    // Over four connections at once, each pipelining its share.
+    let data = pattern(8, SIZE);
+    let f = c.create_file(&root, b"four-conns", 0o644);
+    let offs = chunks(2);
+    std::thread::scope(|s| {
+        for share in offs.chunks(offs.len().div_ceil(4)) {
+            let (f, data, addr) = (&f, &data, node.addr());
+            s.spawn(move || {
+                let mut c = Rpc::connect(addr);
+                let msgs: Vec<Vec<u8>> = share
+                    .iter()
+                    .map(|&off| {
+                        let end = (off + CHUNK).min(SIZE);
+                        let xid = c.next_xid();
+                        let a = args::write(f, off as u64, &data[off..end], UNSTABLE);
+                        c.message(xid, NFS, 3, proc3::WRITE, &a)
+                    })
+                    .collect();
+                for rec in c.pipeline(&msgs).values() {
+                    assert_eq!(reply_status(rec), st::OK);
+                }
+            });
+        }
+    });
+    c.commit(&f).unwrap();
+    let got = c.read_all(&f);
+    assert_eq!(got.len(), SIZE);
+    assert!(
+        got == data,
+        "content differs at byte {:?}",
+        first_diff(&got, &data)
+    );
+}
+
+fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or((a.len() != b.len()).then_some(a.len().min(b.len())))
+}
+
+// ------------------------------------------------------------------------------------------
+// READDIR and READDIRPLUS
+
+/// What paging saw: every name in order, the names that existed throughout, and every
+/// name that existed at some point.
+type Paged = (Vec<Vec<u8>>, BTreeSet<Vec<u8>>, BTreeSet<Vec<u8>>);
+
+/// Page through `dir` with small pages while entries come and go between pages; returns
+/// every name seen, in order.
+fn page_while_changing(c: &mut Rpc, dir: &[u8], plus: bool, prefix: &str) -> Paged {
+    // keep-* exist throughout; gone-* are removed while paging; new-* are added.
+    let mut keep = BTreeSet::new();
+    let mut gone = Vec::new();
+    for i in 0..30 {
+        let k = name(&format!("{prefix}keep-{i:02}"));
+        c.create_file(dir, &k, 0o644);
+        keep.insert(k);
+        if i % 3 != 2 {
+            let g = name(&format!("{prefix}gone-{i:02}"));
+            c.create_file(dir, &g, 0o644);
+            gone.push(g);
+        }
+    }
+    let mut ever: BTreeSet<Vec<u8>> = keep.iter().chain(gone.iter()).cloned().collect();
+    let dir_attr = c.getattr(dir).unwrap();
+    let (mut cookie, mut verf) = (0u64, [0u8; 8]);
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut added = 0;
+    loop {
+        pages += 1;
+        assert!(pages < 500, "paging does not end");
+        let page = if plus {
+            c.readdirplus(dir, cookie, verf, 200, 1200)
+        } else {
+            c.readdir(dir, cookie, verf, 300)
+        }
+        .unwrap_or_else(|s| panic!("page {pages} from cookie {cookie}: status {s}"));
+        assert!(
+            page.len <= if plus { 1200 } else { 300 },
+            "a reply of {} bytes exceeds the count",
+            page.len
+        );
+        assert!(
+            !page.entries.is_empty() || page.eof,
+            "an empty page before eof"
+        );
+        if pages == 1 {
+            assert!(page.entries.len() >= 2, "first page: {:?}", page.entries);
+            assert_eq!(page.entries[0].name, b".");
+            assert_eq!(page.entries[0].fileid, dir_attr.fileid);
+            assert_eq!(page.entries[1].name, b"..");
+        }
+        for e in &page.entries {
+            if plus {
+                let a = e.attr.expect("READDIRPLUS attributes");
+                assert_eq!(a.fileid, e.fileid, "{:?}", e.name);
+                let fh = e.fh.as_ref().expect("READDIRPLUS handle");
+                assert_eq!(c.getattr(fh).unwrap().fileid, e.fileid);
+            }
+            seen.push(e.name.clone());
+        }
+        if page.eof {
+            break;
+        }
+        cookie = page.entries.last().unwrap().cookie;
+        verf = page.verf;
+        // Remove the entry the cookie points at if it is a gone-* one, and one not seen
+        // yet; add two new entries.
+        let last = page.entries.last().unwrap().name.clone();
+        if let Some(i) = gone.iter().position(|g| *g == last) {
+            let g = gone.remove(i);
+            assert_eq!(c.remove(dir, &g), st::OK);
+        }
+        if let Some(g) = gone.pop() {
+            assert_eq!(c.remove(dir, &g), st::OK);
+        }
+        for _ in 0..2 {
+            let n = name(&format!("{prefix}new-{added:03}"));
+            added += 1;
+            c.create_file(dir, &n, 0o644);
+            ever.insert(n);
+        }
+    }
+    assert!(
+        pages >= 5,
+        "only {pages} pages: the count did not limit them"
+    );
+    (seen, keep, ever)
+}
+
+fn check_paging(seen: &[Vec<u8>], keep: &BTreeSet<Vec<u8>>, ever: &BTreeSet<Vec<u8>>) {
+    let mut count: HashMap<&[u8], usize> = HashMap::new();
+    for n in seen {
+        *count.entry(n).or_default() += 1;
+    }
+    let dup: Vec<_> = count
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(n, _)| String::from_utf8_lossy(n))
+        .collect();
+    assert!(dup.is_empty(), "entries listed twice: {dup:?}");
+    let missing: Vec<_> = keep
+        .iter()
+        .filter(|k| !count.contains_key(k.as_slice()))
+        .map(|n| String::from_utf8_lossy(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "entries that existed throughout were skipped: {missing:?}"
+    );
+    for n in seen {
+        assert!(
+            n == b"." || n == b".." || ever.contains(n),
+            "an entry that never existed: {:?}",
+            String::from_utf8_lossy(n)
+        );
+    }
+    assert_eq!(&seen[..2], &[name("."), name("..")]);
+}
+
+#[test]
+fn readdir_cookies_resume_while_the_directory_changes() {
+    let (_node, mut c, root) = setup(14008);
+    let d = c.mkdir_mode(&root, b"d", 0o755);
+    let (seen, keep, ever) = page_while_changing(&mut c, &d, false, "");
+    check_paging(&seen, &keep, &ever);
+
+    // A full listing now: exactly what exists.
+    let all = c.list(&d);
+    let root_attr = c.getattr(&root).unwrap();
+    let p = c.readdir(&d, 0, [0; 8], 65536).unwrap();
+    assert_eq!(
+        p.entries[1].fileid, root_attr.fileid,
+        "'..' of d is the root"
+    );
+    for k in &keep {
+        assert!(all.contains(k));
+    }
+    for n in &all[2..] {
+        assert_eq!(
+            c.lookup(&d, n).map(|_| ()),
+            Ok(()),
+            "listed but not found: {:?}",
+            String::from_utf8_lossy(n)
+        );
+    }
+
+    // Every small count pages through the same set.
+    let names: BTreeSet<Vec<u8>> = all.iter().cloned().collect();
+    for count in [140, 150, 200, 512, 1000] {
+        let (mut cookie, mut verf, mut got) = (0, [0; 8], Vec::new());
+        loop {
+            let p = c.readdir(&d, cookie, verf, count).unwrap();
+            assert!(p.len <= count as usize, "count {count}: {} bytes", p.len);
+            got.extend(p.entries.iter().map(|e| e.name.clone()));
+            if p.eof {
+                break;
+            }
+            assert!(!p.entries.is_empty());
+            cookie = p.entries.last().unwrap().cookie;
+            verf = p.verf;
+        }
+        assert_eq!(got.len(), names.len(), "count {count}");
+        assert_eq!(got.iter().cloned().collect::<BTreeSet<_>>(), names);
+    }
+
+    // Too small for even one entry.
+    assert_eq!(c.readdir(&d, 0, [0; 8], 60).unwrap_err(), st::TOOSMALL);
+    assert_eq!(
+        c.readdirplus(&d, 0, [0; 8], 4096, 120).unwrap_err(),
+        st::TOOSMALL
+    );
+    // An empty directory lists just "." and "..".
+    let e = c.mkdir_mode(&root, b"empty", 0o755);
+    let p = c.readdir(&e, 0, [0; 8], 4096).unwrap();
+    assert!(p.eof);
+    assert_eq!(
+        p.entries.iter().map(|e| e.name.clone()).collect::<Vec<_>>(),
+        vec![name("."), name("..")]
+    );
+    // Resuming after ".." in an empty directory: nothing, eof.
+    let p2 = c.readdir(&e, p.entries[1].cookie, p.verf, 4096).unwrap();
+    assert!(p2.eof && p2.entries.is_empty(), "{p2:?}");
+}
+
+#[test]
+fn readdirplus_cookies_resume_while_the_directory_changes() {
+    let (_node, mut c, root) = setup(14009);
+    let d = c.mkdir_mode(&root, b"d", 0o755);
+    let (seen, keep, ever) = page_while_changing(&mut c, &d, true, "p-");
+    check_paging(&seen, &keep, &ever);
+    // READDIR and READDIRPLUS agree.
+    let plain = c.list(&d);
+    let mut plus = Vec::new();
+    let (mut cookie, mut verf) = (0, [0; 8]);
+    loop {
+        let p = c.readdirplus(&d, cookie, verf, 65536, 1 << 20).unwrap();
+        plus.extend(p.entries.iter().map(|e| e.name.clone()));
+        if p.eof {
+            break;
+        }
+        cookie = p.entries.last().unwrap().cookie;
+        verf = p.verf;
+    }
+    assert_eq!(plain, plus);
+}
+
+// ------------------------------------------------------------------------------------------
+// AUTH_SYS permissions and export options
+
+#[test]
+fn auth_sys_permissions_are_enforced() {
+    let (node, mut root_c, root) = setup(14010);
+    let mut u1000 = Rpc::connect_as(node.addr(), Cred::user(1000, 1000, &[]));
+    let mut u1001 = Rpc::connect_as(node.addr(), Cred::user(1001, 1001, &[]));
+
+    // A root-owned 0755 directory: uid 1000 may not create in it.
+    let rdir = root_c.mkdir_mode(&root, b"rootdir", 0o755);
+    let a = root_c.getattr(&rdir).unwrap();
+    assert_eq!((a.uid, a.mode & 0o7777), (0, 0o755));
+    assert_eq!(
+        u1000
+            .create(&rdir, b"x", How::Guarded(Sattr::mode(0o644)))
+            .unwrap_err(),
+        st::ACCES
+    );
+    assert_eq!(
+        u1000.mkdir(&rdir, b"x", &Sattr::mode(0o755)).unwrap_err(),
+        st::ACCES
+    );
+    assert_eq!(u1000.symlink(&rdir, b"x", b"t").unwrap_err(), st::ACCES);
+    assert_eq!(u1000.lookup(&rdir, b"x").unwrap_err(), st::NOENT);
+
+    // Its own directory: it may.
+    let home = root_c.mkdir_mode(&root, b"home", 0o755);
+    root_c
+        .setattr(
+            &home,
+            &Sattr {
+                uid: Some(1000),
+                gid: Some(1000),
+                ..Sattr::default()
+            },
+        )
+        .expect("root chowns");
+    let (secret, attr) = u1000
+        .create(&home, b"secret", How::Guarded(Sattr::mode(0o600)))
+        .unwrap();
+    let attr = attr.expect("attributes");
+    assert_eq!((attr.uid, attr.gid, attr.mode), (1000, 1000, 0o600));
+    u1000.write_all(&secret, b"for 1000 only");
+
+    // Another user may not read a 0600 file, nor write it.
+    assert_eq!(u1001.read(&secret, 0, 100).unwrap_err(), st::ACCES);
+    assert_eq!(
+        u1001.write(&secret, 0, b"x", FILE_SYNC).unwrap_err(),
+        st::ACCES
+    );
+    assert_eq!(u1000.read_all(&secret), b"for 1000 only");
+    // Nor create in a 0755 directory of another user.
+    assert_eq!(
+        u1001
+            .create(&home, b"y", How::Guarded(Sattr::mode(0o644)))
+            .unwrap_err(),
+        st::ACCES
+    );
+    assert_eq!(u1001.remove(&home, b"secret"), st::ACCES);
+
+    // chown by non-root: PERM; chmod by a non-owner: PERM.
+    let chown = Sattr {
+        uid: Some(1001),
+        ..Sattr::default()
+    };
+    assert_eq!(u1000.setattr(&secret, &chown).unwrap_err(), st::PERM);
+    assert_eq!(u1001.setattr(&secret, &chown).unwrap_err(), st::PERM);
+    assert_eq!(
+        u1001.setattr(&secret, &Sattr::mode(0o644)).unwrap_err(),
+        st::PERM
+    );
+    assert_eq!(u1000.getattr(&secret).unwrap().uid, 1000);
+    // The owner may chmod; root may chown.
+    u1000.setattr(&secret, &Sattr::mode(0o640)).unwrap();
+    root_c
+        .setattr(
+            &secret,
+            &Sattr {
+                gid: Some(2000),
+                ..Sattr::default()
+            },
+        )
+        .unwrap();
+    let a = u1000.getattr(&secret).unwrap();
+    assert_eq!((a.uid, a.gid, a.mode), (1000, 2000, 0o640));
+
+    // Group access comes from the AUTH_SYS gid list.
+    let mut in_group = Rpc::connect_as(node.addr(), Cred::user(1001, 1001, &[2000]));
+    assert_eq!(in_group.read_all(&secret), b"for 1000 only");
+    assert_eq!(u1001.read(&secret, 0, 100).unwrap_err(), st::ACCES);
+    assert_eq!(
+        in_group.write(&secret, 0, b"x", FILE_SYNC).unwrap_err(),
+        st::ACCES
+    );
+
+    // ACCESS reports what each caller may do.
+    assert_eq!(
+        u1000.access(&secret, acc::ALL).unwrap(),
+        acc::READ | acc::MODIFY | acc::EXTEND
+    );
+    assert_eq!(in_group.access(&secret, acc::ALL).unwrap(), acc::READ);
+    assert_eq!(u1001.access(&secret, acc::ALL).unwrap(), 0);
+    assert_eq!(
+        root_c.access(&secret, acc::ALL).unwrap(),
+        acc::READ | acc::MODIFY | acc::EXTEND,
+        "root: no EXECUTE on a file without execute bits"
+    );
+    assert_eq!(
+        u1000.access(&secret, acc::READ).unwrap(),
+        acc::READ,
+        "only what was asked"
+    );
+    assert_eq!(
+        u1000.access(&home, acc::ALL).unwrap(),
+        acc::READ | acc::LOOKUP | acc::MODIFY | acc::EXTEND | acc::DELETE
+    );
+    assert_eq!(
+        u1001.access(&home, acc::ALL).unwrap(),
+        acc::READ | acc::LOOKUP
+    );
+    let script = u1000
+        .create(&home, b"script", How::Guarded(Sattr::mode(0o755)))
+        .unwrap()
+        .0;
+    assert_eq!(
+        u1001.access(&script, acc::ALL).unwrap(),
+        acc::READ | acc::EXECUTE
+    );
+    // A 0700 directory cannot be searched by others.
+    let private = u1000.mkdir_mode(&home, b"private", 0o700);
+    u1000.create_file(&private, b"in", 0o644);
+    assert_eq!(u1001.lookup(&private, b"in").unwrap_err(), st::ACCES);
+    assert_eq!(
+        u1001.readdir(&private, 0, [0; 8], 4096).unwrap_err(),
+        st::ACCES
+    );
+    u1000.lookup(&private, b"in").expect("the owner looks up");
+}
+
+#[test]
+fn sticky_directories_only_let_owners_delete() {
+    let (node, mut root_c, root) = setup(14011);
+    let mut u1000 = Rpc::connect_as(node.addr(), Cred::user(1000, 1000, &[]));
+    let mut u1001 = Rpc::connect_as(node.addr(), Cred::user(1001, 1001, &[]));
+    let tmp = root_c.mkdir_mode(&root, b"tmp", 0o1777);
+    assert_eq!(root_c.getattr(&tmp).unwrap().mode, 0o1777);
+    u1000.create_file(&tmp, b"mine", 0o666);
+    u1001.create_file(&tmp, b"theirs", 0o666);
+
+    assert_eq!(u1001.remove(&tmp, b"mine"), st::ACCES);
+    assert_eq!(u1001.rename(&tmp, b"mine", &tmp, b"stolen"), st::ACCES);
+    // Replacing another user's file by a rename is deleting it too.
+    assert_eq!(u1001.rename(&tmp, b"theirs", &tmp, b"mine"), st::ACCES);
+    assert_eq!(u1000.remove(&tmp, b"theirs"), st::ACCES);
+    u1000.lookup(&tmp, b"mine").expect("still there");
+    u1001.lookup(&tmp, b"theirs").expect("still there");
+
+    // Owners may, and so may root.
+    assert_eq!(u1000.rename(&tmp, b"mine", &tmp, b"mine2"), st::OK);
+    assert_eq!(u1000.remove(&tmp, b"mine2"), st::OK);
+    assert_eq!(root_c.remove(&tmp, b"theirs"), st::OK);
+
+    // Without the sticky bit, anyone with write access may delete.
+    let open = root_c.mkdir_mode(&root, b"open", 0o777);
+    u1000.create_file(&open, b"f", 0o644);
+    assert_eq!(u1001.remove(&open, b"f"), st::OK);
+}
+
+#[test]
+fn root_squash_maps_uid_0_to_the_anonymous_user() {
+    let (mut node, mut c, root) = setup(14012);
+    c.mkdir_mode(&root, b"pub", 0o777);
+    let own = c.create_file(&root, b"roots", 0o600);
+    c.write_all(&own, b"root only");
+    drop(c);
+
+    node.restart(&[("SCOUTGW_EXPORT__ROOT_SQUASH", "true")]);
+    let mut c = Rpc::connect(node.addr());
+    assert_eq!(c.root(), root);
+    let (pubdir, _) = c.lookup(&root, b"pub").unwrap();
+    let (f, attr) = c
+        .create(&pubdir, b"by-root", How::Guarded(Sattr::mode(0o644)))
+        .unwrap();
+    let a = attr.expect("attributes");
+    assert_eq!((a.uid, a.gid), (65534, 65534), "root squashed on create");
+    assert_eq!(c.getattr(&f).unwrap().uid, 65534);
+    let d = c.mkdir_mode(&pubdir, b"dir-by-root", 0o755);
+    assert_eq!(c.getattr(&d).unwrap().uid, 65534);
+    // Squashed root has no root powers.
+    assert_eq!(
+        c.create(&root, b"x", How::Guarded(Sattr::mode(0o644)))
+            .unwrap_err(),
+        st::ACCES,
+        "the root directory is 0755 root"
+    );
+    let (own, _) = c.lookup(&root, b"roots").unwrap();
+    assert_eq!(c.read(&own, 0, 10).unwrap_err(), st::ACCES);
+    assert_eq!(
+        c.setattr(
+            &f,
+            &Sattr {
+                uid: Some(0),
+                ..Sattr::default()
+            }
+        )
+        .unwrap_err(),
+        st::PERM
+    );
+    // Other users are not squashed.
+    let mut u = Rpc::connect_as(node.addr(), Cred::user(1000, 1000, &[]));
+    let (_, a) = u
+        .create(&pubdir, b"by-1000", How::Guarded(Sattr::mode(0o644)))
+        .unwrap();
+    assert_eq!(a.unwrap().uid, 1000);
+}
+
+#[test]
+fn a_read_only_export_refuses_every_change() {
+    let (mut node, mut c, root) = setup(14013);
+    let f = c.create_file(&root, b"f", 0o666);
+    c.write_all(&f, b"content");
+    let d = c.mkdir_mode(&root, b"d", 0o777);
+    drop(c);
+
+    node.restart(&[("SCOUTGW_EXPORT__READ_ONLY", "true")]);
+    let mut c = Rpc::connect(node.addr());
+    assert_eq!(c.write(&f, 0, b"x", FILE_SYNC).unwrap_err(), st::ROFS);
+    assert_eq!(c.write(&f, 0, b"x", UNSTABLE).unwrap_err(), st::ROFS);
+    assert_eq!(
+        c.create(&root, b"n", How::Guarded(Sattr::mode(0o644)))
+            .unwrap_err(),
+        st::ROFS
+    );
+    assert_eq!(
+        c.create(&root, b"n", How::Unchecked(Sattr::mode(0o644)))
+            .unwrap_err(),
+        st::ROFS
+    );
+    assert_eq!(
+        c.mkdir(&root, b"n", &Sattr::mode(0o755)).unwrap_err(),
+        st::ROFS
+    );
+    assert_eq!(c.symlink(&root, b"n", b"t").unwrap_err(), st::ROFS);
+    assert_eq!(c.mknod(&root, b"n", Node3::Fifo).unwrap_err(), st::ROFS);
+    assert_eq!(c.link(&f, &root, b"n").unwrap_err(), st::ROFS);
+    assert_eq!(c.remove(&root, b"f"), st::ROFS);
+    assert_eq!(c.rmdir(&root, b"d"), st::ROFS);
+    assert_eq!(c.rename(&root, b"f", &root, b"g"), st::ROFS);
+    assert_eq!(c.setattr(&f, &Sattr::mode(0o600)).unwrap_err(), st::ROFS);
+    let trunc = Sattr {
+        size: Some(0),
+        ..Sattr::default()
+    };
+    assert_eq!(c.setattr(&f, &trunc).unwrap_err(), st::ROFS);
+    // Reads work; ACCESS grants no change.
+    assert_eq!(c.read_all(&f), b"content");
+    assert_eq!(c.access(&f, acc::ALL).unwrap(), acc::READ);
+    assert_eq!(c.access(&d, acc::ALL).unwrap(), acc::READ | acc::LOOKUP);
+    assert_eq!(c.list(&root).len(), 4);
+    assert_eq!(c.getattr(&f).unwrap().mode, 0o666);
+}
+
+#[test]
+fn clients_outside_the_export_networks_are_refused() {
+    let node = Node::start(14014, &[("SCOUTGW_EXPORT__CLIENTS", "127.0.0.2/32")]);
+    let mut c = Rpc::connect(node.addr());
+    assert_eq!(
+        c.stream.local_addr().unwrap().ip().to_string(),
+        "127.0.0.1",
+        "the client must come from 127.0.0.1"
+    );
+    const MNT3ERR_ACCES: u32 = 13;
+    assert_eq!(c.mnt(b"/").unwrap_err(), MNT3ERR_ACCES);
+    assert!(
+        matches!(c.call(NFS, 3, proc3::NULL, &[]), Reply::AuthError(_)),
+        "NFS NULL from outside"
+    );
+    // A well-formed handle of this filesystem, as a client that mounted earlier would have.
+    let mut fh = b"SGW\x01".to_vec();
+    fh.extend_from_slice(&[0; 8]);
+    fh.extend_from_slice(&1u64.to_be_bytes());
+    fh.extend_from_slice(&[0; 8]);
+    for (p, a) in [
+        (proc3::GETATTR, args::fh(&fh)),
+        (proc3::LOOKUP, args::dirop(&fh, b"x")),
+        (
+            proc3::CREATE,
+            args::create(&fh, b"x", How::Unchecked(Sattr::default())),
+        ),
+        (proc3::REMOVE, args::dirop(&fh, b"x")),
+    ] {
+        assert!(
+            matches!(c.call(NFS, 3, p, &a), Reply::AuthError(_)),
+            "procedure {p} from outside"
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Special files, links, filesystem information
+
+#[test]
+fn mknod_link_and_symlink_make_what_they_say() {
+    let (node, mut c, root) = setup(14015);
+    for (n, what, ft) in [
+        ("fifo", Node3::Fifo, ftype::FIFO),
+        ("sock", Node3::Sock, ftype::SOCK),
+        ("chr", Node3::Chr(1, 3), ftype::CHR),
+        ("blk", Node3::Blk(8, 1), ftype::BLK),
+    ] {
+        let (fh, attr) = c
+            .mknod(&root, n.as_bytes(), what)
+            .unwrap_or_else(|s| panic!("MKNOD {n}: {s}"));
+        assert_eq!(attr.expect("attributes").ftype, ft, "{n}");
+        let a = c.getattr(&fh).unwrap();
+        assert_eq!(a.ftype, ft, "{n}");
+        assert_eq!(a.mode, 0o644, "{n}");
+        match what {
+            Node3::Chr(ma, mi) | Node3::Blk(ma, mi) => assert_eq!(a.rdev, (ma, mi), "{n}"),
+            _ => {}
+        }
+        assert_eq!(c.lookup(&root, n.as_bytes()).unwrap().0, fh);
+        assert_eq!(c.read(&fh, 0, 10).unwrap_err(), st::INVAL, "READ of a {n}");
+    }
+    // Devices need root; fifos do not.
+    let mut u = Rpc::connect_as(node.addr(), Cred::user(1000, 1000, &[]));
+    let pubd = c.mkdir_mode(&root, b"pub", 0o777);
+    assert_eq!(
+        u.mknod(&pubd, b"c", Node3::Chr(1, 3)).unwrap_err(),
+        st::PERM
+    );
+    u.mknod(&pubd, b"p", Node3::Fifo)
+        .expect("a user makes a fifo");
+    assert_eq!(c.mknod(&root, b"fifo", Node3::Fifo).unwrap_err(), st::EXIST);
+
+    // LINK: one more link, same inode, same content.
+    let f = c.create_file(&root, b"f", 0o644);
+    c.write_all(&f, b"linked");
+    let d = c.mkdir_mode(&root, b"d", 0o755);
+    let after = c
+        .link(&f, &d, b"f2")
+        .expect("LINK")
+        .expect("post-op attributes");
+    assert_eq!(after.nlink, 2);
+    assert_eq!(c.getattr(&f).unwrap().nlink, 2);
+    let (f2, _) = c.lookup(&d, b"f2").unwrap();
+    assert_eq!(f2, f, "a hard link has the same handle");
+    assert_eq!(c.link(&f, &d, b"f2").unwrap_err(), st::EXIST);
+    assert_eq!(c.link(&d, &root, b"dirlink").unwrap_err(), st::ISDIR);
+    assert_eq!(c.remove(&root, b"f"), st::OK);
+    assert_eq!(c.getattr(&f).unwrap().nlink, 1);
+    assert_eq!(c.read_all(&f), b"linked");
+
+    // SYMLINK + READLINK.
+    let target = b"../some/where/else";
+    let (sl, attr) = c.symlink(&root, b"sl", target).unwrap();
+    let a = attr.unwrap();
+    assert_eq!(a.ftype, ftype::LNK);
+    assert_eq!(a.size, target.len() as u64);
+    assert_eq!(c.readlink(&sl).unwrap(), target);
+    assert_eq!(c.getattr(&sl).unwrap().ftype, ftype::LNK);
+    assert_eq!(c.readlink(&f).unwrap_err(), st::INVAL, "READLINK of a file");
+    // The directory's link count: 2 + one per subdirectory.
+    assert_eq!(c.getattr(&d).unwrap().nlink, 2);
+    c.mkdir_mode(&d, b"sub", 0o755);
+    assert_eq!(c.getattr(&d).unwrap().nlink, 3);
+    assert_eq!(c.rmdir(&root, b"d"), st::NOTEMPTY);
+}
+
+#[test]
+fn fsinfo_fsstat_and_pathconf_tell_the_truth() {
+    let (_node, mut c, root) = setup(14016);
+    let i = c.fsinfo(&root).unwrap();
+    assert_eq!(
+        (i.rtmax, i.rtpref, i.wtmax, i.wtpref),
+        (1 << 20, 1 << 20, 1 << 20, 1 << 20)
+    );
+    assert!(i.rtmult >= 1 && i.wtmult >= 1 && i.dtpref >= 4096, "{i:?}");
+    assert!(i.maxfilesize >= 1 << 40, "{i:?}");
+    assert!(
+        i.properties & 0x1 != 0 && i.properties & 0x2 != 0,
+        "FSF3_LINK|SYMLINK: {i:?}"
+    );
+
+    let p = c.pathconf(&root).unwrap();
+    assert_eq!(p.name_max, 255);
+    assert!(
+        p.no_trunc && p.case_preserving && !p.case_insensitive,
+        "{p:?}"
+    );
+    assert!(p.linkmax >= 255, "{p:?}");
+
+    let s0 = c.fsstat(&root).unwrap();
+    let dev = DEVICE_BYTES;
+    assert!(
+        s0.tbytes <= dev && s0.tbytes >= dev - dev / 8,
+        "tbytes {} for a {dev}-byte data device",
+        s0.tbytes
+    );
+    assert!(s0.fbytes <= s0.tbytes && s0.abytes <= s0.fbytes, "{s0:?}");
+    assert!(
+        s0.fbytes >= s0.tbytes - 8 * MIB as u64,
+        "a fresh filesystem is nearly free: {s0:?}"
+    );
+    assert!(s0.tfiles >= s0.ffiles && s0.ffiles > 1000, "{s0:?}");
+
+    let f = c.create_file(&root, b"big", 0o644);
+    c.write_all(&f, &pattern(16, 4 * MIB));
+    let s1 = c.fsstat(&root).unwrap();
+    assert_eq!(s1.tbytes, s0.tbytes);
+    assert!(
+        s1.fbytes + 4 * MIB as u64 <= s0.fbytes,
+        "fbytes {} -> {} after writing 4 MiB",
+        s0.fbytes,
+        s1.fbytes
+    );
+    assert!(
+        s1.ffiles < s0.ffiles || s1.ffiles == s1.tfiles,
+        "{s0:?} -> {s1:?}"
+    );
+    assert_eq!(c.getattr(&f).unwrap().used, 4 * MIB as u64);
+
+    // Names: 255 bytes work, 256 are NAMETOOLONG.
+    let ok = vec![b'n'; 255];
+    c.create_file(&root, &ok, 0o644);
+    assert_eq!(c.lookup(&root, &ok).unwrap().1.unwrap().ftype, ftype::REG);
+    let long = vec![b'n'; 256];
+    assert_eq!(
+        c.create(&root, &long, How::Guarded(Sattr::mode(0o644)))
+            .unwrap_err(),
+        st::NAMETOOLONG
+    );
+    assert_eq!(c.lookup(&root, &long).unwrap_err(), st::NAMETOOLONG);
+    assert_eq!(
+        c.mkdir(&root, &long, &Sattr::mode(0o755)).unwrap_err(),
+        st::NAMETOOLONG
+    );
+    assert_eq!(c.symlink(&root, &long, b"t").unwrap_err(), st::NAMETOOLONG);
+    assert_eq!(c.rename(&root, &ok, &root, &long), st::NAMETOOLONG);
+    assert_eq!(c.link(&f, &root, &long).unwrap_err(), st::NAMETOOLONG);
+}
+
+// ------------------------------------------------------------------------------------------
+// MOUNT and the portmapper
+
+#[test]
+fn mount_and_getport_answer_on_the_nfs_port() {
+    let (node, mut c, root) = setup(14017);
+    let (fh, flavors) = c.mnt(b"/").unwrap();
+    assert_eq!(fh, root);
+    assert_eq!(fh.len(), 28);
+    assert!(flavors.contains(&1), "AUTH_SYS among {flavors:?}");
+    let a = c.getattr(&fh).unwrap();
+    assert_eq!(a.ftype, ftype::DIR);
+    assert_eq!(
+        c.lookup(&fh, b"..").unwrap().0,
+        fh,
+        "'..' of the root is the root"
+    );
+    const MNT3ERR_NOENT: u32 = 2;
+    assert_eq!(c.mnt(b"/nope").unwrap_err(), MNT3ERR_NOENT);
+
+    let exports = c.exports();
+    assert_eq!(exports.len(), 1, "{exports:?}");
+    assert_eq!(exports[0].0, "/");
+
+    let port = node.port as u32;
+    assert_eq!(c.getport(NFS, 3, IPPROTO_TCP), port);
+    assert_eq!(c.getport(MOUNT, 3, IPPROTO_TCP), port);
+    assert_eq!(c.getport(NLM, 4, IPPROTO_TCP), 0, "no lock manager");
+    assert_eq!(c.getport(100024, 1, IPPROTO_TCP), 0, "no status monitor");
+    assert_eq!(c.getport(NFS, 3, 17), 0, "no UDP");
+    assert_eq!(c.call(PORTMAP, 2, 0, &[]), Reply::Success(vec![]));
+    assert_eq!(c.call(MOUNT, 3, 0, &[]), Reply::Success(vec![]));
+    // UMNT answers with nothing.
+    assert_eq!(c.mount_call(3, &args::mount_path(b"/")), Vec::<u8>::new());
+}
