@@ -50,6 +50,72 @@ pub enum Command {
     /// The configuration file (TOML) is documented in packaging/scoutgw.toml; keys can be
     /// overridden with SCOUTGW_<SECTION>__<KEY> environment variables.
     Serve(ServeArgs),
+
+    /// List (seq, inode) entries of the meta_seq or data_seq index from a node's HTTP API,
+    /// in order, never above the stable horizon: inodes changed in [FIRST, LAST].
+    WalkInodes(WalkInodesArgs),
+
+    /// Show an inode's attributes with archive fields (data_version, online/offline
+    /// blocks, meta_seq, data_seq, crtime) and its paths, from a node's HTTP API.
+    Stat(StatArgs),
+
+    /// List the inodes carrying a scoutfs.srch.* xattr, from a node's HTTP API.
+    SearchXattrs(SearchXattrsArgs),
+}
+
+/// Where a node's HTTP API is.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The node's HTTP API.
+    #[arg(long, env = "SCOUTGW_API", default_value = "http://127.0.0.1:8049")]
+    pub api: String,
+
+    /// Bearer token, when the node requires one.
+    #[arg(long, env = "SCOUTGW_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WalkInodesArgs {
+    /// meta_seq or data_seq.
+    #[arg(value_parser = ["meta_seq", "data_seq"])]
+    pub index: String,
+    /// First seq (inclusive).
+    pub first: u64,
+    /// Last seq (inclusive); -1 for up to the stable horizon.
+    #[arg(allow_hyphen_values = true, value_parser = parse_last)]
+    pub last: i64,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Print one JSON document instead of "SEQ INO" lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatArgs {
+    /// A path on a mount of the gateway, or an inode number.
+    pub target: PathBuf,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Print the API's JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchXattrsArgs {
+    /// The xattr name (scoutfs.srch.*).
+    pub name: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+fn parse_last(s: &str) -> Result<i64, String> {
+    match s.parse::<i64>() {
+        Ok(v) if v >= -1 => Ok(v),
+        _ => Err(format!("{s:?}: a seq, or -1 for up to the stable horizon")),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub mod api_client;
 pub mod fsck;
 pub mod mkfs;
 pub mod print;
@@ -22,6 +23,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Fsck(a) => fsck::run(&a),
         Command::Quickstart(a) => quickstart::run(&a),
         Command::Serve(a) => serve::run(&a),
+        Command::WalkInodes(a) => api_client::walk_inodes(&a),
+        Command::Stat(a) => api_client::stat(&a),
+        Command::SearchXattrs(a) => api_client::search_xattrs(&a),
     }
 }
 

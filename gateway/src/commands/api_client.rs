@@ -1,0 +1,215 @@
+//! `walk-inodes`, `stat` and `search-xattrs`: the scoutfs utilities' index and inode
+//! queries, asked of a node's HTTP API (as those utilities ask a mount).
+
+use std::os::unix::fs::MetadataExt;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::header::{AUTHORIZATION, HOST};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use crate::cli::{ApiArgs, SearchXattrsArgs, StatArgs, WalkInodesArgs};
+use crate::CliError;
+
+/// `http://HOST:PORT` → `HOST:PORT`.
+fn authority(base: &str) -> Result<&str, CliError> {
+    let rest = base.strip_prefix("http://").ok_or_else(|| {
+        CliError::Usage(format!(
+            "--api {base:?}: only http://HOST:PORT URLs are supported"
+        ))
+    })?;
+    Ok(rest.trim_end_matches('/'))
+}
+
+/// GET `path_and_query` from the node; the JSON body of a 200, or the API's error.
+fn get(api: &ApiArgs, path_and_query: &str) -> Result<Value, CliError> {
+    let host = authority(&api.api)?.to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Node(format!("runtime: {e}")))?;
+    rt.block_on(async {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            CliError::Node(format!("cannot reach the node's API at {}: {e}", api.api))
+        };
+        let stream = tokio::net::TcpStream::connect(&host)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(&e))?;
+        tokio::spawn(conn);
+        let mut req = Request::get(path_and_query).header(HOST, &host);
+        if let Some(t) = &api.token {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| CliError::Usage(format!("bad request: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(&e))?
+            .to_bytes();
+        let json: Value = serde_json::from_slice(&body).map_err(|e| {
+            CliError::Node(format!(
+                "the node answered {status} with a body that is not JSON: {e}"
+            ))
+        })?;
+        if status == 200 {
+            return Ok(json);
+        }
+        let msg = json["error"]["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_string();
+        Err(match status {
+            400 => CliError::Usage(msg),
+            401 => CliError::Usage(format!("{msg} (give --token or SCOUTGW_TOKEN)")),
+            _ => CliError::Node(format!("{msg} (HTTP {status})")),
+        })
+    })
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON values serialize")
+    );
+}
+
+pub fn walk_inodes(a: &WalkInodesArgs) -> Result<(), CliError> {
+    let mut after: Option<String> = None;
+    let mut all = Vec::new();
+    loop {
+        let mut q = format!(
+            "/v1/index/{}?first={}&last={}&limit=10000",
+            a.index, a.first, a.last
+        );
+        if let Some(c) = &after {
+            q.push_str(&format!("&after={c}"));
+        }
+        let page = get(&a.api, &q)?;
+        let entries = page["entries"].as_array().cloned().unwrap_or_default();
+        for e in &entries {
+            if a.json {
+                all.push(e.clone());
+            } else {
+                println!("{} {}", e["seq"], e["ino"]);
+            }
+        }
+        match page["next"].as_str() {
+            Some(c) if !entries.is_empty() => after = Some(c.to_string()),
+            _ => {
+                if a.json {
+                    print_json(&serde_json::json!({
+                        "index": a.index,
+                        "horizon": page["horizon"],
+                        "entries": all,
+                    }));
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+pub fn stat(a: &StatArgs) -> Result<(), CliError> {
+    // A path (on a mount of the gateway: st_ino is the inode number) or an inode number.
+    let ino = match std::fs::metadata(&a.target) {
+        Ok(m) => m.ino(),
+        Err(_) => a
+            .target
+            .to_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| {
+                CliError::Usage(format!(
+                    "{}: neither an existing path nor an inode number",
+                    a.target.display()
+                ))
+            })?,
+    };
+    let v = get(&a.api, &format!("/v1/inodes/{ino}"))?;
+    if a.json {
+        print_json(&v);
+        return Ok(());
+    }
+    for key in [
+        "ino",
+        "generation",
+        "type",
+        "permissions",
+        "nlink",
+        "uid",
+        "gid",
+        "size",
+        "data_version",
+        "online_blocks",
+        "offline_blocks",
+        "meta_seq",
+        "data_seq",
+    ] {
+        match &v[key] {
+            Value::String(s) => println!("{key}: {s}"),
+            other => println!("{key}: {other}"),
+        }
+    }
+    println!(
+        "crtime: {}.{:09}",
+        v["crtime"]["sec"],
+        v["crtime"]["nsec"].as_u64().unwrap_or(0)
+    );
+    for p in v["paths"].as_array().into_iter().flatten() {
+        println!("path: {}", p.as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+pub fn search_xattrs(a: &SearchXattrsArgs) -> Result<(), CliError> {
+    let name: String = a
+        .name
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let mut after = 0u64;
+    loop {
+        let page = get(
+            &a.api,
+            &format!("/v1/search/xattrs?name={name}&after={after}&limit=10000"),
+        )?;
+        for ino in page["inodes"].as_array().into_iter().flatten() {
+            println!("{ino}");
+        }
+        match page["next"].as_u64() {
+            Some(n) => after = n,
+            None => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_http_urls_are_accepted() {
+        assert_eq!(
+            authority("http://127.0.0.1:8049/").unwrap(),
+            "127.0.0.1:8049"
+        );
+        assert!(authority("https://x").is_err());
+    }
+}
