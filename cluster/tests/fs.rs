@@ -24,6 +24,8 @@ struct T {
     data: PathBuf,
     server: Option<Arc<LocalServer>>,
     fs: Option<Fs>,
+    /// The mount's metadata device handle (block read counts).
+    md: Option<Arc<MetaDev>>,
     rid: u64,
 }
 
@@ -52,6 +54,7 @@ impl T {
             data,
             server: None,
             fs: None,
+            md: None,
             rid: 1,
         };
         t.mount();
@@ -72,6 +75,7 @@ impl T {
             ..FsOptions::default()
         };
         self.rid += 1;
+        self.md = Some(md.clone());
         let fs = Fs::mount(
             md,
             open(&self.data),
@@ -346,6 +350,42 @@ fn readdir_cookies_stay_valid_while_entries_change() {
     );
     assert!(names.contains(&b"new".to_vec()));
     assert!(!names.contains(&b"f30".to_vec()));
+}
+
+/// A page ends exactly: a directory of exactly a page's entries is one page with eof, one
+/// entry more makes a second page; and a page is read in one merged scan, not a walk from
+/// the roots per entry.
+#[test]
+fn readdir_pages_end_exactly_and_read_a_page_at_once() {
+    let t = T::new();
+    let fs = t.fs();
+    let dir = fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    for n in 0..300 {
+        fs.create(dir, format!("f{n:03}").as_bytes(), &file(0o644), true)
+            .unwrap();
+    }
+    for synced in [false, true] {
+        if synced {
+            fs.sync().unwrap();
+        }
+        let all = fs.readdir(dir, 0, 300).unwrap();
+        assert_eq!((all.entries.len(), all.eof), (300, true));
+        let first = fs.readdir(dir, 0, 299).unwrap();
+        assert_eq!((first.entries.len(), first.eof), (299, false));
+        let rest = fs.readdir(dir, first.entries[298].cookie, 299).unwrap();
+        assert_eq!((rest.entries.len(), rest.eof), (1, true));
+        assert_eq!(rest.entries[0].cookie, all.entries[299].cookie);
+    }
+    let md = t.md.as_ref().unwrap();
+    let s0 = md.cache_stats();
+    let page = fs.readdir(dir, 0, 300).unwrap();
+    let s1 = md.cache_stats();
+    assert_eq!(page.entries.len(), 300);
+    let reads = s1.hits + s1.misses - s0.hits - s0.misses;
+    assert!(
+        reads < 30,
+        "{reads} block reads for one page of 300 entries"
+    );
 }
 
 #[test]

@@ -516,15 +516,14 @@ impl Fs {
         let inner = &mut *guard;
         let _l = self.lock_inodes(inner, &[dir], LockMode::Read)?;
         dir_inode(&mut inner.client, dir)?;
-        let mut from = readdir_key(dir, cookie.saturating_add(1));
+        let from = readdir_key(dir, cookie.saturating_add(1));
         let end = readdir_key(dir, u64::MAX);
-        let mut entries = Vec::new();
-        let mut eof = true;
-        while let Some(it) = inner.client.next(&from, &end)? {
-            if entries.len() == max {
-                eof = false;
-                break;
-            }
+        // One merged scan for the page (plus one entry to learn whether more follow), not a
+        // walk from the roots per entry.
+        let items = inner.client.scan(&from, &end, max.saturating_add(1))?;
+        let eof = items.len() <= max;
+        let mut entries = Vec::with_capacity(items.len().min(max));
+        for it in items.into_iter().take(max) {
             let d = decode_dirent(&it.val)?;
             entries.push(DirEntry {
                 kind: dtype_kind(d.hdr.dtype),
@@ -533,10 +532,6 @@ impl Fs {
                 generation: d.hdr.generation.get(),
                 cookie: d.hdr.pos.get(),
             });
-            match it.key.next() {
-                Some(n) => from = n,
-                None => break,
-            }
         }
         Ok(DirPage { entries, eof })
     }

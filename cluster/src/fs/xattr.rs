@@ -287,7 +287,7 @@ impl Fs {
                 next: None,
             });
         }
-        let mut from = match after {
+        let from = match after {
             Some((s, i)) => match index_key(t, s, i).next() {
                 Some(k) => k.max(index_key(t, first, 0)),
                 None => {
@@ -302,7 +302,8 @@ impl Fs {
         };
         let end = index_key(t, last, u64::MAX);
         let mut more = false;
-        while let Some(it) = inner.client.next(&from, &end)? {
+        // One merged scan for the page (plus one item to learn whether more follow).
+        for it in inner.client.scan(&from, &end, limit.saturating_add(1))? {
             if it.key.zone != zone::INODE_INDEX {
                 break;
             }
@@ -311,10 +312,6 @@ impl Fs {
                 break;
             }
             entries.push((it.key.second.get(), it.key.third.get()));
-            match it.key.next() {
-                Some(n) => from = n,
-                None => break,
-            }
         }
         let next = if more { entries.last().copied() } else { None };
         Ok(IndexPage {
