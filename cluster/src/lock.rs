@@ -97,15 +97,56 @@ struct Held {
     grants: u64,
 }
 
+/// Lock events of one mode, counted since the service started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockCounts {
+    /// Lock calls asking for the mode.
+    pub requests: u64,
+    /// Requests that needed a new grant (the rest were served by a grant already held).
+    pub grants: u64,
+    /// Grants of the mode taken back for another node.
+    pub invalidations: u64,
+}
+
+impl LockMode {
+    pub const ALL: [LockMode; 4] = [
+        LockMode::Null,
+        LockMode::Read,
+        LockMode::WriteOnly,
+        LockMode::Write,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LockMode::Null => "null",
+            LockMode::Read => "read",
+            LockMode::WriteOnly => "write_only",
+            LockMode::Write => "write",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// The lock service of a single-node cluster: every request is granted at once.
 #[derive(Debug, Default)]
 pub struct LocalLocks {
     held: Mutex<HashMap<Key, Held>>,
+    counts: Mutex<[LockCounts; 4]>,
 }
 
 impl LocalLocks {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Requests, grants and invalidations per mode so far. A single node never
+    /// invalidates: nobody else asks.
+    pub fn counts(&self) -> [(LockMode, LockCounts); 4] {
+        let c = *self.counts.lock().expect("lock counts");
+        LockMode::ALL.map(|m| (m, c[m.index()]))
     }
 
     /// Grants made per lock group so far (for tests and metrics).
@@ -135,6 +176,13 @@ impl LockClient for LocalLocks {
             }
         }
         h.users += 1;
+        {
+            let mut c = self.counts.lock().expect("lock counts");
+            c[mode.index()].requests += 1;
+            if !granted {
+                c[mode.index()].grants += 1;
+            }
+        }
         Ok(Lock {
             start,
             end: lock_end(key),
@@ -206,5 +254,22 @@ mod tests {
         for x in [a, b, w] {
             l.unlock(&x);
         }
+        let counts = l.counts();
+        assert_eq!(
+            counts[1].1,
+            LockCounts {
+                requests: 3,
+                grants: 1,
+                invalidations: 0
+            }
+        );
+        assert_eq!(
+            counts[3].1,
+            LockCounts {
+                requests: 1,
+                grants: 1,
+                invalidations: 0
+            }
+        );
     }
 }

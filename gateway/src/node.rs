@@ -169,11 +169,12 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(Serving)) -> Result<(), CliEr
     let fsid = server.fsid();
     let server = Arc::new(LocalServer::new(server));
     let md = Arc::new(MetaDev::new(meta, fsid, cache_bytes));
+    let locks = Arc::new(LocalLocks::new());
     let fs = Fs::mount(
         md.clone(),
         data,
         server.clone(),
-        Arc::new(LocalLocks::new()),
+        locks.clone(),
         rid,
         FsOptions {
             max_dirty_items: cfg.fs.max_dirty_items,
@@ -207,7 +208,8 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(Serving)) -> Result<(), CliEr
         ready: ready.clone(),
         refresh_metrics: {
             let (metrics, server, md) = (metrics.clone(), server.clone(), md.clone());
-            Box::new(move || refresh_metrics(&metrics, &server, &md))
+            let locks = locks.clone();
+            Box::new(move || refresh_metrics(&metrics, &server, &md, &locks))
         },
     });
     metrics.set_role("leader");
@@ -303,7 +305,10 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(Serving)) -> Result<(), CliEr
 }
 
 /// Copy values other crates keep into the metrics, just before a scrape.
-fn refresh_metrics(m: &NodeMetrics, server: &LocalServer, client_md: &MetaDev) {
+fn refresh_metrics(m: &NodeMetrics, server: &LocalServer, client_md: &MetaDev, locks: &LocalLocks) {
+    for (mode, c) in locks.counts() {
+        m.set_locks(mode.name(), c.requests, c.grants, c.invalidations);
+    }
     let c = client_md.cache_stats();
     m.set_block_cache("client", c.hits, c.misses, c.bytes);
     let (sc, backlog, merged) = server.with(|s| {
