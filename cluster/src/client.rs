@@ -32,7 +32,7 @@ use crate::format::log_trees::LogTrees;
 use crate::format::{Key, KIND_BLOOM};
 use crate::lock_names::lock_start;
 use crate::msg::{Request, Response, Roots, ServerError, ServerLink, Statfs};
-use crate::server::{all_log_trees, Server};
+use crate::server::{all_log_trees, MergeStep, Server};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,22 +75,28 @@ impl LocalServer {
     }
 
     /// Merge finalized log trees in the background, every `interval`, until the returned
-    /// handle is dropped.
+    /// handle is dropped. A merge goes in slices of [`MERGE_SLICE_ITEMS`] keys with the
+    /// server unlocked in between, so client requests wait for a slice, not a whole merge.
     pub fn spawn_merger(self: &Arc<Self>, interval: std::time::Duration) -> MergerHandle {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (server, flag) = (Arc::downgrade(self), stop.clone());
         let thread = std::thread::Builder::new()
             .name("scoutgw-merge".into())
             .spawn(move || {
+                let mut busy = false;
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(interval);
+                    // Between slices only a pause that lets a waiting request take the lock.
+                    std::thread::sleep(if busy { MERGE_SLICE_PAUSE } else { interval });
                     let Some(server) = server.upgrade() else {
                         break;
                     };
-                    if let Err(e) = server.with(|s| s.merge_finalized()) {
-                        // The server marks itself failed on I/O errors; nothing to retry.
-                        eprintln!("scoutgw: background merge failed: {e}");
-                        break;
+                    match server.with(|s| s.merge_step(MERGE_SLICE_ITEMS)) {
+                        Ok(step) => busy = step == MergeStep::Partial,
+                        Err(e) => {
+                            // The server marks itself failed on I/O errors; nothing to retry.
+                            eprintln!("scoutgw: background merge failed: {e}");
+                            break;
+                        }
                     }
                 }
             })
@@ -101,6 +107,12 @@ impl LocalServer {
         }
     }
 }
+
+/// Keys the background merger merges per slice (a millisecond or two of work; the server
+/// commits after a slice once `ServerConfig::merge_commit_blocks` blocks are dirty).
+pub const MERGE_SLICE_ITEMS: usize = 1024;
+/// The background merger's pause between slices of a merge.
+const MERGE_SLICE_PAUSE: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Stops the background merger when dropped.
 pub struct MergerHandle {

@@ -31,7 +31,9 @@ use crate::format::log_trees::{
     log_trees_key, mounted_client_key, LogTrees, MountedClient, LOG_TREES_FINALIZED,
 };
 use crate::format::super_block::{CurrentSuper, DeviceRole};
-use crate::format::{AllocListHead, AllocRoot, FormatError, Key, SuperBlock, KIND_SUPER};
+use crate::format::{
+    AllocListHead, AllocRoot, BtreeRoot, FormatError, Key, SuperBlock, KIND_SUPER,
+};
 use crate::msg::{Request, Response, Roots, ServerError, Statfs};
 
 /// Allocation policy of the server.
@@ -53,6 +55,10 @@ pub struct ServerConfig {
     pub server_meta_high: u64,
     /// A log tree is finalized (and later merged) once its btree is taller than this.
     pub finalize_height: u8,
+    /// A merge done in slices ([`Server::merge_step`]) commits after a slice once it has
+    /// dirtied this many blocks (0: after every slice). Uncommitted slices are written by
+    /// the next commit of any request.
+    pub merge_commit_blocks: u64,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +72,7 @@ impl Default for ServerConfig {
             server_meta_low: 1024,
             server_meta_high: 8192,
             finalize_height: 2,
+            merge_commit_blocks: 256,
         }
     }
 }
@@ -112,6 +119,28 @@ pub struct Server {
     failed: bool,
     /// Log trees merged since the server started.
     trees_merged: u64,
+    /// The merge under way between [`Server::merge_step`] calls.
+    merge: Option<MergeState>,
+}
+
+/// A merge under way: its input trees (record key and item root), the seq below which a
+/// merged deletion may drop its key, and the next key to merge (`None`: all merged).
+#[derive(Debug)]
+struct MergeState {
+    inputs: Vec<(Key, BtreeRoot)>,
+    oldest_unmerged: u64,
+    next: Option<Key>,
+}
+
+/// What one [`Server::merge_step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeStep {
+    /// No finalized tree to merge.
+    Idle,
+    /// Merged a slice of keys; more remain.
+    Partial,
+    /// Finished a merge of this many trees (and freed them).
+    Merged(usize),
 }
 
 impl std::fmt::Debug for Server {
@@ -156,6 +185,7 @@ impl Server {
             finalize_pending: BTreeSet::new(),
             failed: false,
             trees_merged: 0,
+            merge: None,
         };
         let seq = server.take_seq();
         server.dirty = Dirty::new(seq);
@@ -623,76 +653,148 @@ impl Server {
     }
 
     /// Merge every finalized log tree into `fs_root` and free it. Returns the number of
-    /// trees merged.
+    /// trees merged (a merge already under way is finished first and counts too).
     ///
     /// Merged items keep their seq in `fs_root`, so readers still pick the newest version
     /// across `fs_root` and the unmerged trees. A merged deletion stays in `fs_root` as a
     /// tombstone while an unmerged tree could hold an older version of its key (its
     /// `first_trans_seq` is not above the deletion's seq); otherwise it removes the key.
     pub fn merge_finalized(&mut self) -> Result<usize, ServerError> {
-        let (inputs, others): (Vec<LogTrees>, Vec<LogTrees>) =
-            all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)?
-                .into_iter()
-                .partition(|lt| lt.is_finalized());
-        if inputs.is_empty() {
-            return Ok(0);
-        }
-        let oldest_unmerged = others
-            .iter()
-            .filter(|lt| lt.first_trans_seq.get() != 0)
-            .map(|lt| lt.first_trans_seq.get())
-            .min()
-            .unwrap_or(u64::MAX);
-        // Merge items in key order; for each key the greatest seq wins.
-        let mut cursors: Vec<LeafCursor> = inputs
-            .iter()
-            .map(|lt| LeafCursor::new(lt.item_root, Key::MIN, Key::MAX))
-            .collect();
-        let mut applied = 0u64;
+        let mut merged = 0;
         loop {
-            let mut best: Option<Item> = None;
-            for c in cursors.iter_mut() {
-                if let Some(it) = c.peek(&self.md, None)? {
-                    best = match best {
-                        None => Some(it.clone()),
-                        Some(b) if it.key < b.key || (it.key == b.key && it.seq > b.seq) => {
-                            Some(it.clone())
-                        }
-                        Some(b) => Some(b),
-                    };
-                }
-            }
-            let Some(win) = best else { break };
-            for c in cursors.iter_mut() {
-                c.skip_key(&self.md, None, &win.key)?;
-            }
-            if applied.is_multiple_of(256) {
-                self.ensure_server_avail(256)?;
-            }
-            applied += 1;
-            let mut w = BtreeWriter {
-                md: &self.md,
-                dirty: &mut self.dirty,
-                alloc: &mut self.alloc,
-            };
-            // Trees are merged as they are finalized, not in seq order: fs_root may already
-            // hold a newer version (from a tree merged earlier), which must win.
-            let existing = btree::lookup(&self.md, Some(&*w.dirty), &self.sb.fs_root, &win.key)?;
-            if existing.is_some_and(|e| e.seq > win.seq) {
-                continue;
-            }
-            let deletion = win.flags & crate::format::btree::ITEM_FLAG_DELETION != 0;
-            if deletion && win.seq < oldest_unmerged {
-                w.remove(&mut self.sb.fs_root, &win.key)?;
-            } else {
-                let mut merged = win;
-                merged.flags &= crate::format::btree::ITEM_FLAG_DELETION;
-                w.put(&mut self.sb.fs_root, merged)?;
+            match self.merge_step(usize::MAX)? {
+                MergeStep::Idle => return Ok(merged),
+                MergeStep::Merged(n) => merged += n,
+                MergeStep::Partial => {}
             }
         }
-        // Free the merged trees and their records.
+    }
+
+    /// Merge at most `max_items` keys of the finalized log trees into `fs_root` and commit.
+    ///
+    /// A merge starts with the trees finalized at that moment and goes through their keys in
+    /// order, a slice per call, so that whoever drives it (the background merger) can let
+    /// client requests in between slices instead of holding the server for the whole merge.
+    /// Between slices `fs_root` holds some of the inputs' items while the inputs stay in the
+    /// forest: readers still see every key's newest version (merged items keep their seq;
+    /// a deletion removed from `fs_root` is still in its input tree). The inputs are freed by
+    /// the call that merges their last key. A crash or restart in between starts the merge
+    /// over, and merging a key again changes nothing.
+    pub fn merge_step(&mut self, max_items: usize) -> Result<MergeStep, ServerError> {
+        if self.merge.is_none() {
+            let (inputs, others): (Vec<LogTrees>, Vec<LogTrees>) =
+                all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)?
+                    .into_iter()
+                    .partition(|lt| lt.is_finalized());
+            if inputs.is_empty() {
+                return Ok(MergeStep::Idle);
+            }
+            let oldest_unmerged = others
+                .iter()
+                .filter(|lt| lt.first_trans_seq.get() != 0)
+                .map(|lt| lt.first_trans_seq.get())
+                .min()
+                .unwrap_or(u64::MAX);
+            self.merge = Some(MergeState {
+                inputs: inputs.iter().map(|lt| (lt.key(), lt.item_root)).collect(),
+                oldest_unmerged,
+                next: Some(Key::MIN),
+            });
+        }
+        let state = self.merge.take().expect("merge state");
+        let res = self.merge_slice(state, max_items.max(1));
+        if res.is_err() {
+            // Start over next time (from the committed state).
+            self.merge = None;
+        }
+        res
+    }
+
+    fn merge_slice(
+        &mut self,
+        mut state: MergeState,
+        max_items: usize,
+    ) -> Result<MergeStep, ServerError> {
+        let oldest_unmerged = state.oldest_unmerged;
+        if let Some(from) = state.next {
+            // Merge items in key order; for each key the greatest seq wins.
+            let mut cursors: Vec<LeafCursor> = state
+                .inputs
+                .iter()
+                .map(|(_, root)| LeafCursor::new(*root, from, Key::MAX))
+                .collect();
+            let mut applied = 0usize;
+            state.next = loop {
+                let mut best: Option<Item> = None;
+                for c in cursors.iter_mut() {
+                    if let Some(it) = c.peek(&self.md, None)? {
+                        best = match best {
+                            None => Some(it.clone()),
+                            Some(b) if it.key < b.key || (it.key == b.key && it.seq > b.seq) => {
+                                Some(it.clone())
+                            }
+                            Some(b) => Some(b),
+                        };
+                    }
+                }
+                let Some(win) = best else { break None };
+                if applied == max_items {
+                    break Some(win.key);
+                }
+                for c in cursors.iter_mut() {
+                    c.skip_key(&self.md, None, &win.key)?;
+                }
+                if applied.is_multiple_of(256) {
+                    self.ensure_server_avail(256)?;
+                }
+                applied += 1;
+                let mut w = BtreeWriter {
+                    md: &self.md,
+                    dirty: &mut self.dirty,
+                    alloc: &mut self.alloc,
+                };
+                // Trees are merged as they are finalized, not in seq order: fs_root may
+                // already hold a newer version (from a tree merged earlier), which must win.
+                let existing =
+                    btree::lookup(&self.md, Some(&*w.dirty), &self.sb.fs_root, &win.key)?;
+                if existing.is_some_and(|e| e.seq > win.seq) {
+                    continue;
+                }
+                let deletion = win.flags & crate::format::btree::ITEM_FLAG_DELETION != 0;
+                if deletion && win.seq < oldest_unmerged {
+                    w.remove(&mut self.sb.fs_root, &win.key)?;
+                } else {
+                    let mut merged = win;
+                    merged.flags &= crate::format::btree::ITEM_FLAG_DELETION;
+                    w.put(&mut self.sb.fs_root, merged)?;
+                }
+            };
+            if state.next.is_some() {
+                self.merge = Some(state);
+                if self.dirty.len() as u64 >= self.cfg.merge_commit_blocks {
+                    self.commit()?;
+                }
+                return Ok(MergeStep::Partial);
+            }
+        }
+        // Free the merged trees and their records. The records are read again: requests
+        // served between slices may have changed them (a client's next tree takes over the
+        // allocators of its finalized one; farewell removes an empty record).
         let mut delta: i64 = 0;
-        for mut lt in inputs {
+        let merged = state.inputs.len();
+        for (key, root) in state.inputs {
+            let Some(found) = btree::lookup(&self.md, Some(&self.dirty), &self.sb.logs_root, &key)?
+            else {
+                continue;
+            };
+            let mut lt = decode_log_trees(&found)?;
+            if lt.item_root != root {
+                return Err(ServerError::Corrupt(format!(
+                    "log_trees {:016x}.{} changed while it was merged",
+                    lt.rid.get(),
+                    lt.nr.get()
+                )));
+            }
             self.ensure_server_avail(64)?;
             let mut w = BtreeWriter {
                 md: &self.md,
@@ -709,10 +811,9 @@ impl Server {
         }
         let count = (self.sb.inode_count.get() as i64 + delta).max(0) as u64;
         self.sb.inode_count = count.into();
-        let merged = cursors.len();
         self.commit()?;
         self.trees_merged += merged as u64;
-        Ok(merged)
+        Ok(MergeStep::Merged(merged))
     }
 
     /// Write the open server transaction and a new super block; durable when this returns.
