@@ -213,9 +213,11 @@ fn malformed_records_close_only_their_connection() {
     assert_closed(&mut s);
     Rpc::connect(node.addr()).null();
 
-    // Whole records that are not calls are ignored and the connection goes on: 2 bytes, a
-    // REPLY message, 40 bytes of noise; then a call split over three fragments.
+    // Whole records that are not calls are ignored and the connection goes on: an empty
+    // record, 2 bytes, a REPLY message, 40 bytes of noise; then a call split over three
+    // fragments.
     let mut c = Rpc::connect(node.addr());
+    c.send(&[]);
     c.send(&[1, 2]);
     c.send(&[0, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0, 0]);
     c.send(&pattern(3, 40));
@@ -231,6 +233,18 @@ fn malformed_records_close_only_their_connection() {
     let (rx, reply) = parse_reply(&c.recv());
     assert_eq!(rx, xid, "the first reply is the NULL's: noise got no reply");
     assert_eq!(reply, Reply::Success(vec![]));
+
+    // A call trickling in a few bytes at a time is read whole.
+    let root = c.root();
+    let xid = c.next_xid();
+    let msg = c.message(xid, NFS, 3, proc3::GETATTR, &args::fh(&root));
+    let mut bytes = (msg.len() as u32 | 1 << 31).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&msg);
+    for part in bytes.chunks(7) {
+        c.stream.write_all(part).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(reply_status(&c.recv()), st::OK);
 
     // Many connections opened and dropped mid-record do not wedge the node.
     for i in 0..50u32 {
@@ -1264,4 +1278,446 @@ fn mount_and_getport_answer_on_the_nfs_port() {
     assert_eq!(c.call(MOUNT, 3, 0, &[]), Reply::Success(vec![]));
     // UMNT answers with nothing.
     assert_eq!(c.mount_call(3, &args::mount_path(b"/")), Vec::<u8>::new());
+}
+
+// ------------------------------------------------------------------------------------------
+// CREATE modes, graceful shutdown, data and namespace edge cases
+
+#[test]
+fn exclusive_and_unchecked_creates_follow_rfc_1813() {
+    let (_node, mut c, root) = setup(14018);
+    // EXCLUSIVE: a retry with the same verifier (new xid, as after a lost reply and a DRC
+    // miss) finds its own file; another verifier gets EXIST.
+    let v = *b"verf0001";
+    let (fh, _) = c.create(&root, b"x", How::Exclusive(v)).expect("EXCLUSIVE");
+    let (again, _) = c
+        .create(&root, b"x", How::Exclusive(v))
+        .expect("EXCLUSIVE retried with the same verifier");
+    assert_eq!(again, fh);
+    assert_eq!(
+        c.create(&root, b"x", How::Exclusive(*b"verf0002"))
+            .unwrap_err(),
+        st::EXIST
+    );
+    // The client then sets the real attributes.
+    let a = c
+        .setattr(&fh, &Sattr::mode(0o640))
+        .unwrap()
+        .expect("post-op attributes");
+    assert_eq!((a.mode, a.size, a.ftype), (0o640, 0, ftype::REG));
+    // A plain file named like an exclusive one is not mistaken for it.
+    c.create_file(&root, b"plain", 0o644);
+    assert_eq!(
+        c.create(&root, b"plain", How::Exclusive(v)).unwrap_err(),
+        st::EXIST
+    );
+
+    // GUARDED on an existing name: EXIST; UNCHECKED: the existing file, truncated only when
+    // the size is asked for.
+    let f = c.create_file(&root, b"u", 0o644);
+    c.write_all(&f, b"keep me");
+    assert_eq!(
+        c.create(&root, b"u", How::Guarded(Sattr::mode(0o644)))
+            .unwrap_err(),
+        st::EXIST
+    );
+    let (same, _) = c
+        .create(&root, b"u", How::Unchecked(Sattr::mode(0o644)))
+        .unwrap();
+    assert_eq!(same, f);
+    assert_eq!(c.read_all(&f), b"keep me");
+    let trunc = Sattr {
+        size: Some(0),
+        ..Sattr::mode(0o644)
+    };
+    let (same, attr) = c.create(&root, b"u", How::Unchecked(trunc)).unwrap();
+    assert_eq!(same, f);
+    assert_eq!(attr.map(|a| a.size), Some(0));
+    assert_eq!(c.getattr(&f).unwrap().size, 0);
+    // UNCHECKED over a directory is not a file.
+    c.mkdir_mode(&root, b"dir", 0o755);
+    assert!(
+        c.create(&root, b"dir", How::Unchecked(Sattr::default()))
+            .is_err(),
+        "CREATE UNCHECKED over a directory succeeded"
+    );
+    // The mode asked for is the mode given; the creator owns the file.
+    let mut u = Rpc::connect_as(_node.addr(), Cred::user(1000, 1000, &[]));
+    let pubd = c.mkdir_mode(&root, b"pub", 0o777);
+    let (_, a) = u
+        .create(&pubd, b"m", How::Guarded(Sattr::mode(0o604)))
+        .unwrap();
+    let a = a.unwrap();
+    assert_eq!((a.mode, a.uid, a.gid), (0o604, 1000, 1000));
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight_and_keeps_what_was_acknowledged() {
+    let (mut node, mut c, root) = setup(14019);
+    let f = c.create_file(&root, b"inflight", 0o644);
+    // An idle client connection stays open across the shutdown; it must not hold it up.
+    let _idle = Rpc::connect(node.addr());
+    const CHUNK: usize = 64 * 1024;
+    const N: usize = 160;
+    let data = pattern(19, N * CHUNK);
+    let mut offs: Vec<usize> = (0..N).map(|i| i * CHUNK).collect();
+    shuffle(&mut offs, 19);
+    let mut by_xid = HashMap::new();
+    let msgs: Vec<Vec<u8>> = offs
+        .iter()
+        .map(|&off| {
+            let xid = c.next_xid();
+            by_xid.insert(xid, off);
+            c.message(
+                xid,
+                NFS,
+                3,
+                proc3::WRITE,
+                &args::write(&f, off as u64, &data[off..off + CHUNK], UNSTABLE),
+            )
+        })
+        .collect();
+    let mut rd = c.stream.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        while let Ok(rec) = read_record(&mut rd) {
+            got.push(rec);
+        }
+        got
+    });
+    for m in &msgs[..N / 2] {
+        c.send(m);
+    }
+    let t0 = std::time::Instant::now();
+    node.term();
+    for m in &msgs[N / 2..] {
+        if write_record(&mut c.stream, m).is_err() {
+            break;
+        }
+    }
+    let status = node.wait_exit();
+    assert!(
+        status.success(),
+        "exit {status} after SIGTERM:\n{}",
+        node.log()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "shutdown took {:?}",
+        t0.elapsed()
+    );
+    let replies = reader.join().unwrap();
+    let mut acked = Vec::new();
+    for rec in &replies {
+        let (xid, reply) = parse_reply(rec);
+        let Reply::Success(body) = reply else {
+            panic!("WRITE during shutdown: {reply:?}")
+        };
+        let w = parse_write(&body).expect("WRITE during shutdown");
+        assert_eq!(w.count as usize, CHUNK);
+        acked.push(by_xid[&xid]);
+    }
+    drop(c);
+
+    node.start_again(&[]);
+    let mut c = Rpc::connect(node.addr());
+    let (fh, _) = c.lookup(&root, b"inflight").unwrap();
+    assert_eq!(fh, f);
+    for off in &acked {
+        let (got, _) = c.read(&f, *off as u64, CHUNK as u32).unwrap();
+        assert!(
+            got == data[*off..off + CHUNK],
+            "an acknowledged UNSTABLE write at {off} was lost by a graceful shutdown"
+        );
+    }
+    let executed = offs
+        .iter()
+        .filter(|&&off| {
+            let (got, _) = c.read(&f, off as u64, CHUNK as u32).unwrap();
+            got == data[off..off + CHUNK]
+        })
+        .count();
+    eprintln!(
+        "{} of {N} writes acknowledged before the node stopped, {executed} executed",
+        acked.len()
+    );
+}
+
+/// SETATTR with a ctime guard.
+fn setattr_guarded(c: &mut Rpc, fh: &[u8], s: &Sattr, ctime: (u32, u32)) -> u32 {
+    let mut w = XdrWriter::new();
+    w.opaque(fh);
+    args::sattr(&mut w, s);
+    w.bool(true).u32(ctime.0).u32(ctime.1);
+    parse_status_wcc(&c.nfs(proc3::SETATTR, &w.buf), "SETATTR")
+}
+
+#[test]
+fn data_and_namespace_edge_cases() {
+    let (_node, mut c, root) = setup(14020);
+    let d = c.mkdir_mode(&root, b"d", 0o755);
+    let f = c.create_file(&d, b"f", 0o644);
+
+    // WRITE's wcc: the size before and after.
+    let body = c.nfs(proc3::WRITE, &args::write(&f, 0, b"0123456789", FILE_SYNC));
+    let mut r = XdrReader::new(&body);
+    assert_eq!(r.u32().unwrap(), st::OK);
+    let (before, after) = wcc(&mut r);
+    assert_eq!(before.map(|b| b.0), Some(0), "pre-op size");
+    assert_eq!(after.map(|a| a.size), Some(10), "post-op size");
+
+    // READ past the end: nothing, eof; a READ reaching the end: eof.
+    assert_eq!(c.read(&f, 100, 10).unwrap(), (vec![], true));
+    assert_eq!(c.read(&f, 4, 100).unwrap(), (b"456789".to_vec(), true));
+    assert_eq!(c.read(&f, 0, 4).unwrap(), (b"0123".to_vec(), false));
+    // Truncate and extend: the tail reads as zeros.
+    let t = |n| Sattr {
+        size: Some(n),
+        ..Sattr::default()
+    };
+    assert_eq!(c.setattr(&f, &t(3)).unwrap().map(|a| a.size), Some(3));
+    assert_eq!(c.setattr(&f, &t(8000)).unwrap().map(|a| a.size), Some(8000));
+    let all = c.read_all(&f);
+    assert_eq!(&all[..3], b"012");
+    assert!(
+        all[3..].iter().all(|b| *b == 0),
+        "extended tail is not zero"
+    );
+    // A write far out leaves a hole.
+    c.write(&f, 3 * MIB as u64, b"end", FILE_SYNC).unwrap();
+    let (hole, _) = c.read(&f, MIB as u64, 4096).unwrap();
+    assert_eq!(hole, vec![0; 4096]);
+    // Too large.
+    assert_eq!(
+        c.write(&f, u64::MAX - 2, b"xyz", FILE_SYNC).unwrap_err(),
+        27,
+        "NFS3ERR_FBIG"
+    );
+    // Data procedures on a directory and on a symlink.
+    assert_eq!(c.read(&d, 0, 10).unwrap_err(), st::ISDIR);
+    assert_eq!(c.write(&d, 0, b"x", FILE_SYNC).unwrap_err(), st::ISDIR);
+    let (sl, _) = c.symlink(&d, b"sl", b"f").unwrap();
+    assert_eq!(c.read(&sl, 0, 10).unwrap_err(), st::INVAL);
+    assert_eq!(c.setattr(&d, &t(0)).unwrap_err(), st::ISDIR);
+
+    // SETATTR guarded by ctime: a stale guard is NOT_SYNC and changes nothing.
+    let a = c.getattr(&f).unwrap();
+    let stale = (a.ctime.0.wrapping_sub(5), a.ctime.1);
+    assert_eq!(
+        setattr_guarded(&mut c, &f, &Sattr::mode(0o600), stale),
+        st::NOT_SYNC
+    );
+    assert_eq!(c.getattr(&f).unwrap().mode, 0o644);
+    assert_eq!(
+        setattr_guarded(&mut c, &f, &Sattr::mode(0o600), a.ctime),
+        st::OK
+    );
+    let b = c.getattr(&f).unwrap();
+    assert_eq!(b.mode, 0o600);
+    assert!(b.ctime >= a.ctime, "ctime went back");
+
+    // LOOKUP of "." and "..".
+    assert_eq!(c.lookup(&d, b".").unwrap().0, d);
+    assert_eq!(c.lookup(&d, b"..").unwrap().0, root);
+    assert_eq!(c.lookup(&d, b"").unwrap_err(), st::NOENT, "empty name");
+
+    // RENAME: over an existing file (which then is gone, its handle stale).
+    let g = c.create_file(&d, b"g", 0o644);
+    c.write_all(&g, b"ggg");
+    assert_eq!(c.rename(&d, b"f", &d, b"g"), st::OK);
+    assert_eq!(c.lookup(&d, b"g").unwrap().0, f);
+    assert_eq!(c.lookup(&d, b"f").unwrap_err(), st::NOENT);
+    assert_eq!(c.getattr(&g).unwrap_err(), st::STALE);
+    // Onto itself: nothing happens.
+    assert_eq!(c.rename(&d, b"g", &d, b"g"), st::OK);
+    assert_eq!(c.lookup(&d, b"g").unwrap().0, f);
+    // A directory into its own subtree: INVAL.
+    let sub = c.mkdir_mode(&d, b"sub", 0o755);
+    assert_eq!(c.rename(&root, b"d", &sub, b"loop"), st::INVAL);
+    assert_eq!(c.lookup(&root, b"d").unwrap().0, d);
+    // A file over a directory, a directory over a file, over a non-empty directory.
+    assert_ne!(
+        c.rename(&d, b"g", &d, b"sub"),
+        st::OK,
+        "file over a directory"
+    );
+    assert_ne!(
+        c.rename(&d, b"sub", &d, b"g"),
+        st::OK,
+        "directory over a file"
+    );
+    let other = c.mkdir_mode(&root, b"other", 0o755);
+    c.create_file(&other, b"inside", 0o644);
+    assert_ne!(
+        c.rename(&d, b"sub", &root, b"other"),
+        st::OK,
+        "over a non-empty directory"
+    );
+    // A directory moved: its ".." follows, link counts too.
+    assert_eq!(c.rename(&d, b"sub", &other, b"moved"), st::OK);
+    assert_eq!(c.lookup(&sub, b"..").unwrap().0, other);
+    assert_eq!(c.getattr(&d).unwrap().nlink, 2);
+    assert_eq!(c.getattr(&other).unwrap().nlink, 3);
+    // Across directories, the moved file keeps its handle.
+    assert_eq!(c.rename(&d, b"g", &other, b"g2"), st::OK);
+    assert_eq!(c.lookup(&other, b"g2").unwrap().0, f);
+    // Names "." and ".." cannot be removed or renamed.
+    assert_ne!(c.remove(&d, b"."), st::OK);
+    assert_ne!(c.rmdir(&d, b".."), st::OK);
+    assert_ne!(c.rename(&d, b"..", &root, b"x"), st::OK);
+    // RMDIR of a file and REMOVE of a directory fail and change nothing.
+    assert_eq!(c.rmdir(&other, b"g2"), st::NOTDIR);
+    assert_ne!(c.remove(&other, b"moved"), st::OK);
+    c.lookup(&other, b"moved")
+        .expect("the directory survived REMOVE");
+    assert_eq!(c.getattr(&other).unwrap().nlink, 3);
+    // Names with a slash or a NUL are not names.
+    let slash = c.create(&d, b"a/b", How::Guarded(Sattr::mode(0o644)));
+    assert!(slash.is_err(), "created a name with a slash");
+    let nul = c.create(&d, b"a\0b", How::Guarded(Sattr::mode(0o644)));
+    assert!(nul.is_err(), "created a name with a NUL");
+    // NLM is not served on the NFS port: clients fail fast.
+    assert_eq!(c.call(NLM, 4, 0, &[]), Reply::ProgUnavail);
+}
+
+#[test]
+#[ignore = "gateway bug: the SIGTERM drain ends once replies are queued, not written; queued replies of executed requests are dropped"]
+fn sigterm_sends_the_replies_of_requests_it_executed() {
+    let (mut node, mut c, root) = setup(14021);
+    let big = c.create_file(&root, b"big", 0o644);
+    c.write_all(&big, &pattern(21, MIB));
+    // 40 READs of 1 MiB (more than the socket buffers hold while the client is not reading)
+    // then 20 CREATEs, all on one connection, fewer than the node reads ahead (64), so the
+    // node has read every request before the SIGTERM.
+    let mut msgs = Vec::new();
+    for _ in 0..40 {
+        let xid = c.next_xid();
+        msgs.push(c.message(xid, NFS, 3, proc3::READ, &args::read(&big, 0, MIB as u32)));
+    }
+    let mut creates = BTreeSet::new();
+    for i in 0..20 {
+        let xid = c.next_xid();
+        creates.insert(xid);
+        let a = args::create(
+            &root,
+            format!("c-{i:02}").as_bytes(),
+            How::Guarded(Sattr::mode(0o644)),
+        );
+        msgs.push(c.message(xid, NFS, 3, proc3::CREATE, &a));
+    }
+    for m in &msgs {
+        c.send(m);
+    }
+    // Wait until the last CREATE has run (seen from another connection), then stop the node
+    // while the replies are still queued behind the READ data.
+    let mut probe = Rpc::connect(node.addr());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while probe.lookup(&root, b"c-19").is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CREATEs never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(probe);
+    std::thread::sleep(Duration::from_millis(200));
+    node.term();
+    std::thread::sleep(Duration::from_millis(300));
+    // Now read: every executed request must have its reply.
+    let mut got = BTreeSet::new();
+    let mut created_ok = 0;
+    while let Ok(rec) = read_record(&mut c.stream) {
+        let (xid, _) = parse_reply(&rec);
+        if creates.contains(&xid) {
+            assert_eq!(reply_status(&rec), st::OK);
+            created_ok += 1;
+        }
+        got.insert(xid);
+    }
+    let status = node.wait_exit();
+    assert!(status.success(), "exit {status}:\n{}", node.log());
+    assert_eq!(
+        (got.len(), created_ok),
+        (60, 20),
+        "the node executed all 60 requests (20 CREATEs) but sent {} replies ({created_ok} \
+         CREATE replies) before exiting on SIGTERM",
+        got.len()
+    );
+}
+
+#[test]
+fn acknowledged_changes_survive_sigkill() {
+    let (mut node, mut c, root) = setup(14022);
+    // A sync export commits namespace and attribute changes before replying; FILE_SYNC
+    // writes are durable before the reply; UNSTABLE writes once COMMIT answered.
+    let d = c.mkdir_mode(&root, b"d", 0o750);
+    let f = c.create_file(&d, b"synced", 0o644);
+    let a = pattern(22, 200_000);
+    c.write_all(&f, &a);
+    let u = c.create_file(&d, b"committed", 0o644);
+    let b = pattern(23, 300_000);
+    for (i, chunk) in b.chunks(65536).enumerate() {
+        c.write(&u, (i * 65536) as u64, chunk, UNSTABLE).unwrap();
+    }
+    c.commit(&u).unwrap();
+    let gone = c.create_file(&d, b"gone", 0o644);
+    assert_eq!(c.remove(&d, b"gone"), st::OK);
+    c.create_file(&d, b"old-name", 0o644);
+    assert_eq!(c.rename(&d, b"old-name", &d, b"new-name"), st::OK);
+    c.setattr(&f, &Sattr::mode(0o600)).unwrap();
+    c.symlink(&d, b"sl", b"synced").unwrap();
+    c.link(&f, &root, b"hard").unwrap();
+    drop(c);
+
+    node.kill();
+    node.start_again(&[]);
+    let mut c = Rpc::connect(node.addr());
+    assert_eq!(c.read_all(&f), a, "FILE_SYNC data lost by a crash");
+    assert_eq!(c.read_all(&u), b, "committed UNSTABLE data lost by a crash");
+    let fa = c.getattr(&f).unwrap();
+    assert_eq!((fa.mode, fa.nlink), (0o600, 2));
+    assert_eq!(c.getattr(&d).unwrap().mode, 0o750);
+    assert_eq!(c.getattr(&gone).unwrap_err(), st::STALE);
+    let mut names = c.list(&d);
+    names.sort();
+    assert_eq!(
+        names,
+        [".", "..", "committed", "new-name", "sl", "synced"]
+            .iter()
+            .map(|n| name(n))
+            .collect::<Vec<_>>()
+    );
+    let (sl, _) = c.lookup(&d, b"sl").unwrap();
+    assert_eq!(c.readlink(&sl).unwrap(), b"synced");
+    assert_eq!(c.lookup(&root, b"hard").unwrap().0, f);
+}
+
+#[test]
+fn auth_none_callers_act_as_the_anonymous_user() {
+    let (_node, mut c, root) = setup(14023);
+    let pubd = c.mkdir_mode(&root, b"pub", 0o777);
+    let xid = c.next_xid();
+    let mut w = XdrWriter::new();
+    w.u32(xid).u32(0).u32(2).u32(NFS).u32(3).u32(proc3::CREATE);
+    w.u32(0).opaque(&[]).u32(0).opaque(&[]); // AUTH_NONE credentials and verifier
+    w.buf.extend_from_slice(&args::create(
+        &pubd,
+        b"anon",
+        How::Guarded(Sattr::mode(0o644)),
+    ));
+    assert_eq!(reply_status(&c.raw(&w.buf)), st::OK);
+    let (_, a) = c.lookup(&pubd, b"anon").unwrap();
+    let a = a.unwrap();
+    assert_eq!((a.uid, a.gid), (65534, 65534));
+    // And may not create in the root-owned 0755 root directory.
+    let xid = c.next_xid();
+    let mut w = XdrWriter::new();
+    w.u32(xid).u32(0).u32(2).u32(NFS).u32(3).u32(proc3::CREATE);
+    w.u32(0).opaque(&[]).u32(0).opaque(&[]);
+    w.buf.extend_from_slice(&args::create(
+        &root,
+        b"anon",
+        How::Guarded(Sattr::mode(0o644)),
+    ));
+    assert_eq!(reply_status(&c.raw(&w.buf)), st::ACCES);
 }

@@ -245,14 +245,25 @@ impl Node {
         }
     }
 
-    /// SIGTERM the node and wait for it to exit; returns its exit status.
-    pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("node is running");
+    /// Send SIGTERM without waiting.
+    pub fn term(&self) {
+        let child = self.child.as_ref().expect("node is running");
         let ok = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(ok.success(), "kill -TERM failed");
+    }
+
+    /// SIGTERM the node and wait for it to exit; returns its exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.term();
+        self.wait_exit()
+    }
+
+    /// Wait (at most 60 s) for the node to exit after a SIGTERM.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("node is running");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = child.try_wait().expect("wait for node") {
@@ -267,6 +278,13 @@ impl Node {
         }
     }
 
+    /// SIGKILL the node (a crash) and reap it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("node is running");
+        child.kill().expect("SIGKILL the node");
+        child.wait().expect("reap the node");
+    }
+
     /// Stop gracefully (asserting exit 0) and start again with `env` overrides.
     pub fn restart(&mut self, env: &[(&str, &str)]) {
         let status = self.stop();
@@ -275,6 +293,12 @@ impl Node {
             "node exited with {status} on SIGTERM:\n{}",
             self.log()
         );
+        self.start_again(env);
+    }
+
+    /// Start the stopped node again with `env` overrides.
+    pub fn start_again(&mut self, env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "node is running");
         self.set_env(env);
         self.spawn();
     }
