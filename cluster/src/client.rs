@@ -17,10 +17,10 @@
 //! Item seq = max(transaction seq, the write_seq of the lock the caller holds) (seed 001,
 //! 2021-06-15); callers pass their lock's write_seq (0 until cluster locks exist).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use scoutgw_blockdev::{BlockBuf, BlockRef, BlockSize, MetaDev};
+use scoutgw_blockdev::{BlockBuf, BlockRef, BlockSize, CachedBlock, MetaDev};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::alloc::extent;
@@ -144,6 +144,100 @@ struct Trans {
 
 const STALE_RETRIES: usize = 20;
 
+/// Keys whose committed version a client remembers (see [`CleanItems`]).
+pub const CLEAN_ITEMS_MAX: usize = 65_536;
+
+/// The committed version of recently read keys (a deletion, or nothing, included), as
+/// [`Client::get_item`] read it under the client's current roots: the clean side of an item
+/// cache, so a hot key (a directory's inode) is not looked up again in `fs_root` and every log
+/// tree on every operation.
+///
+/// It answers exactly what a read under the current roots would: it is emptied whenever a
+/// refresh brings roots that anyone but this client changed (`fs_root` after a merge,
+/// another client's log trees after its commits) and after a stale retry; this client's own
+/// commits update the remembered keys they wrote by the same greatest-seq rule reads use.
+/// Bounded by two generations of at most `max / 2` keys each: a full young generation
+/// becomes the old one and the old one is dropped; a hit in the old one moves to the young.
+/// A key is admitted at its second read within a while (a small table of recently read key
+/// hashes remembers the first), so reads of keys read only once (a stat of every file)
+/// neither pay for copying their item nor push the hot keys out.
+#[derive(Debug)]
+struct CleanItems {
+    young: HashMap<Key, Option<Item>>,
+    old: HashMap<Key, Option<Item>>,
+    half: usize,
+    /// Hashes of keys read once, by the hash's low bits.
+    seen: Vec<u64>,
+}
+
+/// Slots of the table of keys read once (a power of two).
+const CLEAN_SEEN_SLOTS: usize = 4096;
+
+impl CleanItems {
+    fn new(max: usize) -> Self {
+        Self {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            half: (max / 2).max(1),
+            seen: vec![0; CLEAN_SEEN_SLOTS],
+        }
+    }
+
+    /// Remember `key` as read under the current roots if it was read recently before.
+    fn admit(&mut self, key: Key, v: &Option<Item>) {
+        let h = crate::format::bloom::fnv1a64(key.as_bytes()) | 1;
+        // The high bits: an FNV hash's low bits mix poorly.
+        let slot = &mut self.seen[(h >> (64 - CLEAN_SEEN_SLOTS.trailing_zeros())) as usize];
+        if *slot == h {
+            self.insert(key, v.clone());
+        } else {
+            *slot = h;
+        }
+    }
+
+    fn get(&mut self, key: &Key) -> Option<Option<Item>> {
+        if let Some(v) = self.young.get(key) {
+            return Some(v.clone());
+        }
+        let v = self.old.remove(key)?;
+        self.insert(*key, v.clone());
+        Some(v)
+    }
+
+    fn insert(&mut self, key: Key, v: Option<Item>) {
+        if self.young.len() >= self.half && !self.young.contains_key(&key) {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(key, v);
+    }
+
+    /// This client committed `it`: a remembered key now reads as the newer of the two
+    /// versions. On equal seqs the tree order would decide; forget the key instead.
+    fn committed(&mut self, it: &Item) {
+        for gen in [&mut self.young, &mut self.old] {
+            let Some(cur) = gen.get_mut(&it.key) else {
+                continue;
+            };
+            match cur {
+                Some(c) if c.seq > it.seq => {}
+                Some(c) if c.seq == it.seq => {
+                    gen.remove(&it.key);
+                }
+                _ => *cur = Some(it.clone()),
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.young.clear();
+        self.old.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+}
+
 /// One mount's view of the filesystem's items.
 pub struct Client {
     rid: u64,
@@ -154,6 +248,13 @@ pub struct Client {
     items: BTreeMap<Key, Item>,
     roots: Roots,
     log_trees: Vec<LogTrees>,
+    /// Each log tree's bloom block, read at its first use under these roots (a read does
+    /// not go through the block cache for it again).
+    blooms: Vec<std::sync::OnceLock<Arc<CachedBlock>>>,
+    /// Committed versions of recently read keys, valid for `roots` and `log_trees`.
+    clean: CleanItems,
+    /// Point reads answered by `clean`.
+    clean_hits: u64,
     failed: bool,
     /// Reads retried because the roots they followed had gone stale.
     stale_retries: u64,
@@ -199,6 +300,9 @@ impl Client {
                 srch_root: Default::default(),
             },
             log_trees: Vec::new(),
+            blooms: Vec::new(),
+            clean: CleanItems::new(CLEAN_ITEMS_MAX),
+            clean_hits: 0,
             failed: false,
             stale_retries: 0,
         };
@@ -238,6 +342,16 @@ impl Client {
         self.stale_retries
     }
 
+    /// Point reads answered from the remembered committed items so far.
+    pub fn clean_item_hits(&self) -> u64 {
+        self.clean_hits
+    }
+
+    /// Keys whose committed version is remembered now.
+    pub fn clean_items(&self) -> usize {
+        self.clean.len()
+    }
+
     /// Items changed in the open transaction.
     pub fn dirty_items(&self) -> usize {
         self.items.len()
@@ -262,13 +376,29 @@ impl Client {
         Ok(())
     }
 
-    /// Sample the last committed roots and the log trees they name.
+    /// Sample the last committed roots and the log trees they name. Remembered committed
+    /// items are dropped unless only this client's own trees changed (its commits keep them
+    /// up to date).
     pub fn refresh_roots(&mut self) -> Result<(), ClientError> {
-        self.roots = match self.call(Request::GetRoots)? {
+        let roots = match self.call(Request::GetRoots)? {
             Response::Roots(r) => r,
             other => return Err(ClientError::Protocol(format!("{other:?} to GetRoots"))),
         };
-        self.log_trees = all_log_trees(&self.md, None, &self.roots.logs_root)?;
+        let log_trees = all_log_trees(&self.md, None, &roots.logs_root)?;
+        let foreign = |fs_root: &crate::format::BtreeRoot, lts: &[LogTrees]| {
+            let others: Vec<_> = lts
+                .iter()
+                .filter(|lt| lt.rid.get() != self.rid)
+                .map(|lt| (lt.rid.get(), lt.nr.get(), lt.item_root))
+                .collect();
+            (*fs_root, others)
+        };
+        if foreign(&roots.fs_root, &log_trees) != foreign(&self.roots.fs_root, &self.log_trees) {
+            self.clean.clear();
+        }
+        self.roots = roots;
+        self.blooms = log_trees.iter().map(|_| Default::default()).collect();
+        self.log_trees = log_trees;
         Ok(())
     }
 
@@ -281,6 +411,7 @@ impl Client {
             match f(self) {
                 Err(e) if e.is_stale() => {
                     self.stale_retries += 1;
+                    self.clean.clear();
                     self.refresh_roots()?
                 }
                 other => return other,
@@ -289,14 +420,22 @@ impl Client {
         Err(ClientError::StaleRetries(STALE_RETRIES))
     }
 
-    fn bloom_may_hold(&self, lt: &LogTrees, key: &Key) -> Result<bool, ClientError> {
+    /// Whether log tree `i` may hold items of `key`'s lock group.
+    fn bloom_may_hold(&self, i: usize, key: &Key) -> Result<bool, ClientError> {
+        let lt = &self.log_trees[i];
         if lt.bloom_ref.is_null() {
             return Ok(!lt.item_root.is_empty());
         }
-        let block = self
-            .md
-            .read_ref(KIND_BLOOM, lt.bloom_ref)
-            .map_err(BtreeError::from)?;
+        let block = match self.blooms[i].get() {
+            Some(b) => b,
+            None => {
+                let b = self
+                    .md
+                    .read_ref(KIND_BLOOM, lt.bloom_ref)
+                    .map_err(BtreeError::from)?;
+                self.blooms[i].get_or_init(|| b)
+            }
+        };
         let bits = &block.data.as_slice()[core::mem::size_of::<BloomBlockHeader>()..];
         Ok(bloom_bits(&lock_start(key))
             .iter()
@@ -306,8 +445,8 @@ impl Client {
     /// The newest committed version of `key` (deletions included), ignoring open changes.
     fn read_committed(&self, key: &Key) -> Result<Option<Item>, ClientError> {
         let mut best = btree::lookup(&self.md, None, &self.roots.fs_root, key)?;
-        for lt in &self.log_trees {
-            if lt.item_root.is_empty() || !self.bloom_may_hold(lt, key)? {
+        for (i, lt) in self.log_trees.iter().enumerate() {
+            if lt.item_root.is_empty() || !self.bloom_may_hold(i, key)? {
                 continue;
             }
             if let Some(it) = btree::lookup(&self.md, None, &lt.item_root, key)? {
@@ -329,8 +468,14 @@ impl Client {
         if let Some(it) = self.items.get(key) {
             return Ok(live(it.clone()));
         }
+        if let Some(v) = self.clean.get(key) {
+            self.clean_hits += 1;
+            return Ok(v.and_then(live));
+        }
         let key = *key;
-        Ok(self.with_retry(|c| c.read_committed(&key))?.and_then(live))
+        let found = self.with_retry(|c| c.read_committed(&key))?;
+        self.clean.admit(key, &found);
+        Ok(found.and_then(live))
     }
 
     /// The first existing item with key in `[start, end]`.
@@ -356,9 +501,18 @@ impl Client {
             return Ok(out);
         }
         let batch = limit.saturating_mul(2).clamp(8, 4096);
+        // A range inside one lock group skips the log trees whose bloom filter lacks the
+        // group, as point lookups do: such a tree holds no item of the range.
+        let one_group = lock_start(start) == lock_start(end);
+        let mut roots = vec![self.roots.fs_root];
+        for (i, lt) in self.log_trees.iter().enumerate() {
+            if !lt.item_root.is_empty() && (!one_group || self.bloom_may_hold(i, start)?) {
+                roots.push(lt.item_root);
+            }
+        }
         // fs_root first: on equal seqs a log tree's version wins.
-        let mut cursors: Vec<LeafCursor> = std::iter::once(self.roots.fs_root)
-            .chain(self.log_trees.iter().map(|lt| lt.item_root))
+        let mut cursors: Vec<LeafCursor> = roots
+            .into_iter()
             .filter(|r| !r.is_empty())
             .map(|r| LeafCursor::with_batch(r, *start, *end, batch))
             .collect();
@@ -580,6 +734,9 @@ impl Client {
                     "{other:?} to CommitLogTrees"
                 )))
             }
+        }
+        for it in self.items.values() {
+            self.clean.committed(it);
         }
         self.items.clear();
         self.refresh_roots()?;

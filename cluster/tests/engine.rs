@@ -320,6 +320,7 @@ enum Op {
     Put(usize, u64, u8),
     Delete(usize, u64),
     Commit(usize),
+    Get(usize, u64),
     Merge,
     Remount,
 }
@@ -329,6 +330,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (0..3usize, 0..300u64, any::<u8>()).prop_map(|(c, k, v)| Op::Put(c, k, v)),
         3 => (0..3usize, 0..300u64).prop_map(|(c, k)| Op::Delete(c, k)),
         3 => (0..3usize).prop_map(Op::Commit),
+        4 => (0..3usize, 0..300u64).prop_map(|(c, k)| Op::Get(c, k)),
         1 => Just(Op::Merge),
         1 => Just(Op::Remount),
     ]
@@ -358,6 +360,14 @@ proptest! {
                 Op::Delete(c, k) => {
                     clients[c].delete(own(c, k), 0).unwrap();
                     pending[c].insert(own(c, k), None);
+                }
+                Op::Get(c, k) => {
+                    // A client's own keys read as its pending change, else as committed.
+                    let want = match pending[c].get(&own(c, k)) {
+                        Some(v) => v.clone(),
+                        None => committed.get(&own(c, k)).cloned(),
+                    };
+                    prop_assert_eq!(clients[c].get(&own(c, k)).unwrap(), want);
                 }
                 Op::Commit(c) => {
                     clients[c].commit().unwrap();
@@ -394,7 +404,13 @@ proptest! {
             // Only this client's own keys may differ from the committed view.
             let got: BTreeMap<Key, Vec<u8>> = cl.range(&lo(), &hi()).unwrap()
                 .into_iter().map(|it| (it.key, it.val)).collect();
-            prop_assert_eq!(got, expect);
+            prop_assert_eq!(&got, &expect);
+            // Point reads (twice: the second from remembered items) agree with the scan.
+            for k in 0..300u64 {
+                for _ in 0..2 {
+                    prop_assert_eq!(cl.get(&own(c, k)).unwrap(), expect.get(&own(c, k)).cloned());
+                }
+            }
         }
         for c in clients.iter_mut() { c.commit().unwrap(); }
         drop(clients);
@@ -403,9 +419,26 @@ proptest! {
     }
 }
 
-/// A reader keeps reading every key while a writer commits and a background merger folds
-/// finalized trees into fs_root and frees them: the reader never sees a wrong value (stale
-/// roots are refreshed and retried underneath).
+/// Round by round, set keys `0..keys` to the round number and commit, pausing `pause_ms`
+/// after each commit; every fifth round asks for a merge (the writer's tree is finalized).
+fn write_rounds(w: &mut Client, server: &LocalServer, keys: u64, rounds: u64, pause_ms: u64) {
+    for round in 1..=rounds {
+        for n in 0..keys {
+            w.put(key(n), round.to_le_bytes().to_vec(), 0).unwrap();
+        }
+        w.commit().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+        if round % 5 == 0 {
+            server.with(|s| s.request_merge()).unwrap();
+            w.sync().unwrap();
+        }
+    }
+}
+
+/// A reader keeps reading every key (by range and by point reads, which it remembers) while
+/// a writer commits and a background merger folds finalized trees into fs_root in slices and
+/// frees them: the reader never sees a wrong or older value (stale roots are refreshed and
+/// retried underneath, and refreshes drop remembered items).
 #[test]
 fn readers_stay_correct_while_trees_merge_in_the_background() {
     // A small metadata device, so freed blocks are soon reused.
@@ -431,12 +464,24 @@ fn readers_stay_correct_while_trees_merge_in_the_background() {
                 if reads.is_multiple_of(4) {
                     r.refresh_roots().unwrap();
                 }
-                let items = r.range(&lo(), &hi()).unwrap();
-                assert_eq!(items.len(), 300);
+                // Every other pass reads key by key (the second and later through the
+                // remembered items, until a refresh brings the writer's commits).
+                let vals: Vec<Vec<u8>> = if reads.is_multiple_of(2) {
+                    r.range(&lo(), &hi())
+                        .unwrap()
+                        .into_iter()
+                        .map(|it| it.val)
+                        .collect()
+                } else {
+                    (0..300)
+                        .map(|n| r.get(&key(n)).unwrap().expect("key present"))
+                        .collect()
+                };
+                assert_eq!(vals.len(), 300);
                 // Without cluster locks a read that retried on a stale root may mix
                 // commits, but no key may ever go back to an older round or show garbage.
-                for (n, it) in items.iter().enumerate() {
-                    let round = u64::from_le_bytes(it.val[..8].try_into().unwrap());
+                for (n, v) in vals.iter().enumerate() {
+                    let round = u64::from_le_bytes(v[..8].try_into().unwrap());
                     assert!(round <= ROUNDS, "garbage value {round}");
                     assert!(
                         round >= seen[n],
@@ -447,23 +492,13 @@ fn readers_stay_correct_while_trees_merge_in_the_background() {
                 }
                 reads += 1;
             }
-            (reads, r.stale_retries())
+            (reads, r.stale_retries(), r.clean_item_hits())
         })
     };
-    for round in 1..=ROUNDS {
-        for n in 0..300 {
-            w.put(key(n), round.to_le_bytes().to_vec(), 0).unwrap();
-        }
-        w.commit().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        if round % 5 == 0 {
-            server.with(|s| s.request_merge()).unwrap();
-            w.sync().unwrap();
-        }
-    }
+    write_rounds(&mut w, &server, 300, ROUNDS, 10);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (reads, stale) = reader.join().unwrap();
-    assert!(reads > 0);
+    let (reads, stale, hits) = reader.join().unwrap();
+    assert!(reads > 1 && hits > 0, "{reads} reads, {hits} remembered");
     drop(merger);
     let merged = server.with(|s| s.trees_merged());
     assert!(merged >= 4, "the background merger merged {merged} trees");
@@ -688,4 +723,183 @@ fn a_merge_cut_short_between_slices_starts_over_after_a_restart() {
     drop(c);
     drop(server);
     fs.assert_fsck_clean();
+}
+
+/// A point read remembered by a client is dropped as soon as a refresh brings another
+/// client's commit: the reader sees the new version, not its remembered one.
+#[test]
+fn a_remembered_item_is_dropped_when_another_client_commits_the_key() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    let mut b = fs.client(&server, 2);
+    b.put(key(1), b"v1".to_vec(), 0).unwrap();
+    b.commit().unwrap();
+    a.refresh_roots().unwrap();
+    // A key is remembered at its second read.
+    for _ in 0..2 {
+        assert_eq!(a.get(&key(1)).unwrap(), Some(b"v1".to_vec()));
+        assert_eq!(a.get(&key(2)).unwrap(), None);
+    }
+    let hits = a.clean_item_hits();
+    assert_eq!(a.get(&key(1)).unwrap(), Some(b"v1".to_vec()));
+    assert_eq!(a.get(&key(2)).unwrap(), None);
+    assert_eq!(
+        a.clean_item_hits(),
+        hits + 2,
+        "repeated reads are remembered"
+    );
+    b.put(key(1), b"v2".to_vec(), 0).unwrap();
+    b.put(key(2), b"new".to_vec(), 0).unwrap();
+    b.commit().unwrap();
+    a.refresh_roots().unwrap();
+    assert_eq!(a.clean_items(), 0);
+    assert_eq!(a.get(&key(1)).unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(a.get(&key(2)).unwrap(), Some(b"new".to_vec()));
+}
+
+/// Keys read once (a stat of every file) are not remembered: only a key read again while
+/// its first read is still in the recent-read table is copied in.
+#[test]
+fn a_key_is_remembered_at_its_second_read_only() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    for n in 0..1000 {
+        a.put(key(n), b"x".to_vec(), 0).unwrap();
+    }
+    a.commit().unwrap();
+    for n in 0..1000 {
+        assert_eq!(a.get(&key(n)).unwrap(), Some(b"x".to_vec()));
+    }
+    assert_eq!(a.clean_items(), 0);
+    // Read twice in a row: the second read finds the first in the table.
+    assert_eq!(a.get(&key(1007)).unwrap(), None);
+    assert_eq!(a.get(&key(7)).unwrap(), Some(b"x".to_vec()));
+    assert_eq!(a.get(&key(7)).unwrap(), Some(b"x".to_vec()));
+    assert_eq!(a.clean_items(), 1);
+    let hits = a.clean_item_hits();
+    assert_eq!(a.get(&key(7)).unwrap(), Some(b"x".to_vec()));
+    assert_eq!(a.clean_item_hits(), hits + 1);
+}
+
+/// A merge changes fs_root: a refresh after it drops every remembered item (what they say
+/// is read again from the merged trees).
+#[test]
+fn remembered_items_are_dropped_when_a_merge_changes_fs_root() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    let mut r = fs.client(&server, 2);
+    for n in 0..100 {
+        a.put(key(n), b"x".to_vec(), 0).unwrap();
+    }
+    a.commit().unwrap();
+    r.refresh_roots().unwrap();
+    for n in 0..200 {
+        assert_eq!(r.get(&key(n / 2)).unwrap(), Some(b"x".to_vec()));
+    }
+    assert_eq!(r.clean_items(), 100);
+    server.with(|s| s.request_merge()).unwrap();
+    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
+    r.refresh_roots().unwrap();
+    assert_eq!(r.clean_items(), 0);
+    let hits = r.clean_item_hits();
+    assert_eq!(r.get(&key(5)).unwrap(), Some(b"x".to_vec()));
+    assert_eq!(r.clean_item_hits(), hits);
+}
+
+/// A client's own commits keep what it remembers: a key it read and then changed (or
+/// deleted) reads as the committed change, answered without a tree walk.
+#[test]
+fn own_commits_update_remembered_items_in_place() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    a.put(key(1), b"v1".to_vec(), 0).unwrap();
+    a.put(key(2), b"v1".to_vec(), 0).unwrap();
+    a.commit().unwrap();
+    for _ in 0..2 {
+        assert_eq!(a.get(&key(1)).unwrap(), Some(b"v1".to_vec()));
+        assert_eq!(a.get(&key(2)).unwrap(), Some(b"v1".to_vec()));
+        assert_eq!(a.get(&key(3)).unwrap(), None);
+    }
+    a.put(key(1), b"v2".to_vec(), 0).unwrap();
+    a.delete(key(2), 0).unwrap();
+    a.put(key(3), b"born".to_vec(), 0).unwrap();
+    a.commit().unwrap();
+    let hits = a.clean_item_hits();
+    assert_eq!(a.get(&key(1)).unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(a.get(&key(2)).unwrap(), None);
+    assert_eq!(a.get(&key(3)).unwrap(), Some(b"born".to_vec()));
+    assert_eq!(a.clean_item_hits(), hits + 3);
+    // And a fresh mount reading the trees agrees.
+    let mut c = fs.client(&server, 3);
+    assert_eq!(c.get(&key(1)).unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(c.get(&key(2)).unwrap(), None);
+    assert_eq!(c.get(&key(3)).unwrap(), Some(b"born".to_vec()));
+}
+
+/// Remembered items stay bounded: reading many more keys than the limit keeps at most
+/// `CLEAN_ITEMS_MAX` of them, and every read still answers right.
+#[test]
+fn remembered_items_stay_below_their_bound() {
+    use scoutgw_cluster::client::CLEAN_ITEMS_MAX;
+    let fs = Fs::with_meta_bytes(512 << 20);
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    let n = (CLEAN_ITEMS_MAX + CLEAN_ITEMS_MAX / 2) as u64;
+    for i in 0..n {
+        a.put(key(i), i.to_le_bytes().to_vec(), 0).unwrap();
+    }
+    a.commit().unwrap();
+    for i in 0..n {
+        for _ in 0..2 {
+            assert_eq!(a.get(&key(i)).unwrap(), Some(i.to_le_bytes().to_vec()));
+        }
+        assert!(a.clean_items() <= CLEAN_ITEMS_MAX);
+    }
+    let hits = a.clean_item_hits();
+    assert_eq!(
+        a.get(&key(n - 1)).unwrap(),
+        Some((n - 1).to_le_bytes().to_vec())
+    );
+    assert_eq!(a.clean_item_hits(), hits + 1);
+}
+
+/// A range read inside one lock group skips the log trees whose bloom filter lacks that
+/// group (one bloom block read instead of a walk down the tree), and still finds every item.
+#[test]
+fn a_range_within_one_lock_group_skips_trees_without_that_group() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    let mut b = fs.client(&server, 2);
+    // A's keys in one inode lock group, B's (many, a tree of height 2) in another.
+    let ka = |n: u64| Key::new(zone::FS, KEY_BASE, 4, n, 0, 0);
+    let kb = |n: u64| Key::new(zone::FS, KEY_BASE + (1 << 20), 4, n, 0, 0);
+    for n in 0..50 {
+        a.put(ka(n), b"a".to_vec(), 0).unwrap();
+    }
+    a.commit().unwrap();
+    let mut r = fs.client(&server, 3);
+    let (first, last) = (ka(0), ka(u64::MAX));
+    let reads = |r: &mut Client| {
+        let s0 = r.meta_dev().cache_stats();
+        let items = r.range(&first, &last).unwrap();
+        let s1 = r.meta_dev().cache_stats();
+        (items.len(), s1.hits + s1.misses - s0.hits - s0.misses)
+    };
+    let (n, before) = reads(&mut r);
+    assert_eq!(n, 50);
+    for n in 0..6000 {
+        b.put(kb(n), vec![7; 40], 0).unwrap();
+    }
+    b.commit().unwrap();
+    r.refresh_roots().unwrap();
+    let (n, after) = reads(&mut r);
+    assert_eq!(n, 50);
+    assert_eq!(after, before + 1, "only B's bloom block is read");
+    // A range across groups still reads every tree.
+    assert_eq!(r.range(&ka(0), &kb(u64::MAX)).unwrap().len(), 6050);
 }
