@@ -442,6 +442,15 @@ fn handles_stay_valid_across_a_restart() {
     let (looked_up, attr) = c.lookup(&d, b"file").unwrap();
     assert_eq!(looked_up, f, "LOOKUP gives the handle CREATE gave");
     let attr = attr.expect("post-op attributes");
+    // A directory listing interrupted by the restart: its cookie stays valid.
+    let many = c.mkdir_mode(&root, b"many", 0o755);
+    for i in 0..40 {
+        c.create_file(&many, format!("entry-{i:02}").as_bytes(), 0o644);
+    }
+    let first = c.readdir(&many, 0, [0; 8], 400).unwrap();
+    assert!(!first.eof);
+    let cookie = first.entries.last().unwrap().cookie;
+    let mut listed: Vec<Vec<u8>> = first.entries.iter().map(|e| e.name.clone()).collect();
     drop(c);
 
     node.restart(&[]);
@@ -460,6 +469,20 @@ fn handles_stay_valid_across_a_restart() {
     );
     assert_eq!(c.lookup(&d, b"file").unwrap().0, f);
     assert_eq!(c.list(&d), vec![name("."), name(".."), name("file")]);
+    let (mut cookie, mut verf) = (cookie, first.verf);
+    loop {
+        let p = c
+            .readdir(&many, cookie, verf, 400)
+            .expect("READDIR with a cookie from before the restart");
+        listed.extend(p.entries.iter().map(|e| e.name.clone()));
+        if p.eof {
+            break;
+        }
+        cookie = p.entries.last().unwrap().cookie;
+        verf = p.verf;
+    }
+    assert_eq!(listed, c.list(&many), "resumed listing differs");
+    assert_eq!(listed.len(), 42);
 }
 
 #[test]
@@ -760,6 +783,19 @@ fn readdir_cookies_resume_while_the_directory_changes() {
         assert_eq!(got.iter().cloned().collect::<BTreeSet<_>>(), names);
     }
 
+    // Resuming after "." gives ".." next; after "..", the first real entry.
+    let p = c.readdir(&d, 0, [0; 8], 65536).unwrap();
+    let after_dot = c.readdir(&d, p.entries[0].cookie, p.verf, 65536).unwrap();
+    assert_eq!(after_dot.entries[0].name, b"..");
+    assert_eq!(&after_dot.entries[..], &p.entries[1..]);
+    let after_dotdot = c.readdir(&d, p.entries[1].cookie, p.verf, 65536).unwrap();
+    assert_eq!(&after_dotdot.entries[..], &p.entries[2..]);
+    // Resuming from the last cookie: nothing more, eof.
+    let end = c
+        .readdir(&d, p.entries.last().unwrap().cookie, p.verf, 65536)
+        .unwrap();
+    assert!(end.eof && end.entries.is_empty(), "{end:?}");
+
     // Too small for even one entry.
     assert_eq!(c.readdir(&d, 0, [0; 8], 60).unwrap_err(), st::TOOSMALL);
     assert_eq!(
@@ -861,6 +897,20 @@ fn auth_sys_permissions_are_enforced() {
         st::ACCES
     );
     assert_eq!(u1001.remove(&home, b"secret"), st::ACCES);
+    assert_eq!(u1001.rename(&home, b"secret", &home, b"mine"), st::ACCES);
+    let pubd = root_c.mkdir_mode(&root, b"pub", 0o777);
+    assert_eq!(
+        u1001.rename(&home, b"secret", &pubd, b"mine"),
+        st::ACCES,
+        "moving out of a directory needs write access to it"
+    );
+    assert_eq!(u1001.link(&secret, &home, b"l").unwrap_err(), st::ACCES);
+    let trunc = Sattr {
+        size: Some(0),
+        ..Sattr::default()
+    };
+    assert_eq!(u1001.setattr(&secret, &trunc).unwrap_err(), st::ACCES);
+    assert_eq!(u1000.getattr(&secret).unwrap().size, 13);
 
     // chown by non-root: PERM; chmod by a non-owner: PERM.
     let chown = Sattr {
