@@ -1631,7 +1631,6 @@ fn data_and_namespace_edge_cases() {
 }
 
 #[test]
-#[ignore = "gateway bug: the SIGTERM drain ends once replies are queued, not written; queued replies of executed requests are dropped"]
 fn sigterm_sends_the_replies_of_requests_it_executed() {
     let (mut node, mut c, root) = setup(14021);
     let big = c.create_file(&root, b"big", 0o644);

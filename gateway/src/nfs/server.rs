@@ -291,6 +291,12 @@ pub async fn serve(
     }
 }
 
+/// The permits a request holds until its reply is on the socket.
+type Permits = (
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -299,10 +305,14 @@ async fn connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(PER_CONNECTION_INFLIGHT);
+    // Replies travel with the request's permits: a request counts as in flight until its
+    // reply is written to the socket, so a shutdown drain sends every reply it executed.
+    let (tx, mut rx) = mpsc::channel::<(Vec<u8>, Permits)>(PER_CONNECTION_INFLIGHT);
     let writer = tokio::spawn(async move {
-        while let Some(reply) = rx.recv().await {
-            if write_record(&mut wr, &reply).await.is_err() {
+        while let Some((reply, permits)) = rx.recv().await {
+            let written = write_record(&mut wr, &reply).await;
+            drop(permits);
+            if written.is_err() {
                 break;
             }
         }
@@ -339,10 +349,8 @@ async fn connection(
         tokio::spawn(async move {
             let out = tokio::task::spawn_blocking(move || svc.handle(peer, &record)).await;
             if let Ok(Some(reply)) = out {
-                let _ = tx.send(reply).await;
+                let _ = tx.send((reply, (conn_permit, node_permit))).await;
             }
-            drop(conn_permit);
-            drop(node_permit);
         });
     }
     drop(tx);
