@@ -753,20 +753,20 @@ impl Server {
                     dirty: &mut self.dirty,
                     alloc: &mut self.alloc,
                 };
-                // Trees are merged as they are finalized, not in seq order: fs_root may
-                // already hold a newer version (from a tree merged earlier), which must win.
-                let existing =
-                    btree::lookup(&self.md, Some(&*w.dirty), &self.sb.fs_root, &win.key)?;
-                if existing.is_some_and(|e| e.seq > win.seq) {
-                    continue;
-                }
+                let seq = win.seq;
                 let deletion = win.flags & crate::format::btree::ITEM_FLAG_DELETION != 0;
-                if deletion && win.seq < oldest_unmerged {
-                    w.remove(&mut self.sb.fs_root, &win.key)?;
+                let replaced = if deletion && seq < oldest_unmerged {
+                    w.remove(&mut self.sb.fs_root, &win.key)?
                 } else {
                     let mut merged = win;
                     merged.flags &= crate::format::btree::ITEM_FLAG_DELETION;
-                    w.put(&mut self.sb.fs_root, merged)?;
+                    w.put(&mut self.sb.fs_root, merged)?
+                };
+                // Trees are merged as they are finalized, not in seq order: fs_root may
+                // already have held a newer version (from a tree merged earlier), which must
+                // win. Rare, so it is put back rather than looked up before every change.
+                if let Some(newer) = replaced.filter(|r| r.seq > seq) {
+                    w.put(&mut self.sb.fs_root, newer)?;
                 }
             };
             if state.next.is_some() {
