@@ -44,4 +44,7 @@ grep -q "stopped cleanly" "$scratch/out2"
 grep -q '"errors": \[\]' "$scratch/print.json"
 "$bin" fsck "$scratch/data/meta.dev" "$scratch/data/data.dev" >"$scratch/fsck.out"
 
+echo "== HTTP API and metrics conformance: schemathesis, promtool, prometheus (scripts/http-conformance.sh)"
+./scripts/http-conformance.sh
+
 echo "== all tests passed"
