@@ -11,8 +11,10 @@
 //!
 //! Reads merge, for each key: the open transaction's items, then every log tree and
 //! `fs_root`; the version with the greatest seq wins and a deletion item hides older
-//! versions. A log tree whose bloom filter lacks the key's lock group is skipped. A read that
-//! runs into a block rewritten since the roots were sampled refreshes the roots and retries.
+//! versions. A log tree whose bloom filter lacks the key's lock group is skipped (for range
+//! reads too, when the range lies inside one lock group). A read that runs into a block
+//! rewritten since the roots were sampled refreshes the roots and retries. Point reads of keys
+//! read again soon are remembered for the current roots (see `CleanItems`).
 //!
 //! Item seq = max(transaction seq, the write_seq of the lock the caller holds) (seed 001,
 //! 2021-06-15); callers pass their lock's write_seq (0 until cluster locks exist).
@@ -108,9 +110,9 @@ impl LocalServer {
     }
 }
 
-/// Keys the background merger merges per slice (a millisecond or two of work; the server
-/// commits after a slice once `ServerConfig::merge_commit_blocks` blocks are dirty).
-pub const MERGE_SLICE_ITEMS: usize = 1024;
+/// Keys the background merger merges per slice, a server commit each: a few milliseconds of
+/// work, and the commits' rewrites of fs_root's upper blocks stay a few percent of the merge.
+pub const MERGE_SLICE_ITEMS: usize = 4096;
 /// The background merger's pause between slices of a merge.
 const MERGE_SLICE_PAUSE: std::time::Duration = std::time::Duration::from_micros(200);
 

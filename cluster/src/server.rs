@@ -55,10 +55,6 @@ pub struct ServerConfig {
     pub server_meta_high: u64,
     /// A log tree is finalized (and later merged) once its btree is taller than this.
     pub finalize_height: u8,
-    /// A merge done in slices ([`Server::merge_step`]) commits after a slice once it has
-    /// dirtied this many blocks (0: after every slice). Uncommitted slices are written by
-    /// the next commit of any request.
-    pub merge_commit_blocks: u64,
 }
 
 impl Default for ServerConfig {
@@ -72,7 +68,6 @@ impl Default for ServerConfig {
             server_meta_low: 1024,
             server_meta_high: 8192,
             finalize_height: 2,
-            merge_commit_blocks: 256,
         }
     }
 }
@@ -771,9 +766,9 @@ impl Server {
             };
             if state.next.is_some() {
                 self.merge = Some(state);
-                if self.dirty.len() as u64 >= self.cfg.merge_commit_blocks {
-                    self.commit()?;
-                }
+                // Committed here, so that the next request does not write the slice's
+                // blocks on its caller's time.
+                self.commit()?;
                 return Ok(MergeStep::Partial);
             }
         }
