@@ -1153,3 +1153,164 @@ fn cli_walk_inodes_stat_and_search_xattrs_ask_the_node() {
     assert_eq!(dead.status.code(), Some(1), "{dead:?}");
     node.stop();
 }
+
+/// The value of the sample `name{labels}` (labels exactly as the exposition writes them),
+/// or of `name` without labels.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Sum of every sample of `name` whose labels contain all of `with`.
+fn sum_samples(text: &str, name: &str, with: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            with.iter()
+                .all(|w| labels.split(',').any(|l| l == *w))
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// (f) /metrics has every family the issue lists, and they count the traffic a node saw.
+#[test]
+fn metrics_count_nfs_http_commits_devices_and_locks() {
+    let (mut node, small) = small_node(16060, 16061, &[]);
+    let mut rpc = Rpc::connect(node.nfs_addr());
+    let root = rpc.root();
+    let fh = rpc.create_file(&root, b"metered", 0o644);
+    let data = common::pattern(7, 300_000);
+    rpc.write_all(&fh, &data);
+    assert_eq!(rpc.read_all(&fh), data);
+    let (a, _) = rpc.lookup(&root, b"a").expect("LOOKUP a");
+    rpc.setattr(&a, &Sattr::mode(0o700)).expect("SETATTR");
+    for _ in 0..7 {
+        node.json("/v1/index/meta_seq?limit=10");
+    }
+    node.json(&format!("/v1/inodes/{}", small.file));
+    assert_eq!(node.get("/v1/inodes/999999").status, 404);
+    assert_eq!(node.get("/v1/index/meta_seq?limit=0").status, 400);
+
+    let r = node.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = r.text();
+    for family in [
+        "scoutgw_nfs_requests_total counter",
+        "scoutgw_nfs_request_duration_seconds histogram",
+        "scoutgw_nfs_read_bytes_total counter",
+        "scoutgw_nfs_write_bytes_total counter",
+        "scoutgw_lock_events_total counter",
+        "scoutgw_quorum_term gauge",
+        "scoutgw_quorum_role gauge",
+        "scoutgw_quorum_heartbeat_age_seconds gauge",
+        "scoutgw_transaction_commits_total counter",
+        "scoutgw_transaction_commit_duration_seconds histogram",
+        "scoutgw_log_merge_backlog_trees gauge",
+        "scoutgw_block_cache_hits_total counter",
+        "scoutgw_block_cache_misses_total counter",
+        "scoutgw_device_io_bytes_total counter",
+        "scoutgw_device_io_duration_seconds histogram",
+        "scoutgw_http_requests_total counter",
+        "scoutgw_http_request_duration_seconds histogram",
+    ] {
+        assert!(
+            text.lines().any(|l| l == format!("# TYPE {family}")),
+            "no {family} family in\n{text}"
+        );
+    }
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(line.starts_with("scoutgw_"), "{line}");
+    }
+    let writes = sum_samples(
+        &text,
+        "scoutgw_nfs_requests_total",
+        &["procedure=\"WRITE\""],
+    );
+    assert!(writes >= 1.0, "WRITE requests: {writes}\n{text}");
+    assert!(
+        sum_samples(
+            &text,
+            "scoutgw_nfs_requests_total",
+            &["procedure=\"SETATTR\""]
+        ) >= 1.0
+    );
+    let wb = sample(&text, "scoutgw_nfs_write_bytes_total").expect("write bytes");
+    assert!(wb >= data.len() as f64, "write bytes {wb}");
+    let rb = sample(&text, "scoutgw_nfs_read_bytes_total").expect("read bytes");
+    assert!(rb >= data.len() as f64, "read bytes {rb}");
+    let seq_ok = sample(
+        &text,
+        "scoutgw_http_requests_total{route=\"/v1/index/meta_seq\",status=\"200\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(seq_ok >= 7.0, "meta_seq 200s: {seq_ok}\n{text}");
+    let bad = sample(
+        &text,
+        "scoutgw_http_requests_total{route=\"/v1/index/meta_seq\",status=\"400\"}",
+    );
+    assert_eq!(bad, Some(1.0), "{text}");
+    let notfound = sample(
+        &text,
+        "scoutgw_http_requests_total{route=\"/v1/inodes/{ino}\",status=\"404\"}",
+    );
+    assert_eq!(notfound, Some(1.0), "{text}");
+    assert!(
+        sum_samples(
+            &text,
+            "scoutgw_http_request_duration_seconds_count",
+            &["route=\"/v1/index/meta_seq\""]
+        ) >= 8.0
+    );
+    assert!(sample(&text, "scoutgw_transaction_commits_total").unwrap_or(0.0) >= 1.0);
+    assert!(
+        sample(&text, "scoutgw_transaction_commit_duration_seconds_count").unwrap_or(0.0) >= 1.0
+    );
+    assert!(
+        sum_samples(
+            &text,
+            "scoutgw_device_io_bytes_total",
+            &["device=\"data\"", "op=\"write\""]
+        ) >= data.len() as f64,
+        "{text}"
+    );
+    assert!(
+        sum_samples(&text, "scoutgw_device_io_bytes_total", &["device=\"meta\""]) > 0.0,
+        "{text}"
+    );
+    assert!(
+        sum_samples(&text, "scoutgw_block_cache_hits_total", &[])
+            + sum_samples(&text, "scoutgw_block_cache_misses_total", &[])
+            > 0.0
+    );
+    assert!(
+        sum_samples(&text, "scoutgw_lock_events_total", &[]) > 0.0,
+        "no lock events counted\n{text}"
+    );
+    assert_eq!(
+        sample(&text, "scoutgw_quorum_role{role=\"leader\"}"),
+        Some(1.0)
+    );
+    // The term the metrics report is the one /v1/cluster reports.
+    let term = node.json("/v1/cluster")["term"].as_f64().expect("term");
+    assert_eq!(sample(&text, "scoutgw_quorum_term"), Some(term), "{text}");
+    drop(rpc);
+    node.stop();
+}
