@@ -332,10 +332,15 @@ fn http_req(port: u16, method: &str, path: &str, auth: Option<&str>) -> Resp {
         body = dechunk(&body);
     } else if let Some((_, len)) = headers
         .iter()
+        .filter(|_| method != "HEAD")
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
     {
         let len: usize = len.parse().expect("content-length");
-        assert_eq!(body.len(), len, "GET {path}: body length vs content-length");
+        assert_eq!(
+            body.len(),
+            len,
+            "{method} {path}: body length vs content-length"
+        );
     }
     Resp {
         status,
@@ -1312,5 +1317,34 @@ fn metrics_count_nfs_http_commits_devices_and_locks() {
     let term = node.json("/v1/cluster")["term"].as_f64().expect("term");
     assert_eq!(sample(&text, "scoutgw_quorum_term"), Some(term), "{text}");
     drop(rpc);
+    node.stop();
+}
+
+/// RFC 9110 §11.1: the authentication scheme is case-insensitive, so `bearer TOKEN` and
+/// `BEARER TOKEN` are the same credentials as `Bearer TOKEN`.
+#[test]
+#[ignore = "bug: the node compares the scheme case-sensitively; GET /v1/cluster with \
+            `Authorization: bearer tok` answers 401 (expected 200)"]
+fn the_bearer_scheme_is_case_insensitive() {
+    let (mut node, _small) = small_node(16070, 16071, &[("SCOUTGW_HTTP__TOKEN", "tok")]);
+    for auth in ["Bearer tok", "bearer tok", "BEARER tok"] {
+        let r = http_get(node.http, "/v1/cluster", Some(auth));
+        assert_eq!(r.status, 200, "{auth:?}: {}", r.text());
+    }
+    node.stop();
+}
+
+/// RFC 9110 §9.1: a server supports HEAD wherever it supports GET (load balancers and
+/// uptime checks probe health routes with HEAD).
+#[test]
+#[ignore = "bug: HEAD /healthz (and every other route) answers 405 with Allow: GET \
+            (expected 200 with the GET's headers and no body)"]
+fn head_is_answered_like_get() {
+    let (mut node, _small) = small_node(16080, 16081, &[]);
+    for path in ["/healthz", "/readyz", "/v1/cluster"] {
+        let r = http_req(node.http, "HEAD", path, None);
+        assert_eq!(r.status, 200, "HEAD {path}: {r:?}");
+        assert!(r.body.is_empty(), "HEAD {path}: a body");
+    }
     node.stop();
 }
