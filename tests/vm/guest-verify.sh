@@ -38,10 +38,10 @@ eq "truncated file size" "$(stat -c %s trunc.bin)" 5000000
 eq "b.txt (renamed over)" "$(cat b.txt)" AAA
 check_fails "a.txt still gone" stat a.txt
 
-section "10 k entries"
+section "10 k entries (plain READDIR: the mount has nordirplus)"
 drop_caches
 eq "dir summary (count, names, inode numbers)" "$(dir_summary ./big10k)" "$(cat "$E/dirs")"
-eq "ls -l of all entries" "$(ls -l big10k | grep -c '^-rw')" "$(cut -d'|' -f2 "$E/dirs" | cut -d= -f2)"
+# (no ls -l here: without READDIRPLUS that is one LOOKUP per entry, minutes under TCG)
 
 section "big file"
 drop_caches
