@@ -47,4 +47,7 @@ grep -q '"errors": \[\]' "$scratch/print.json"
 echo "== HTTP API and metrics conformance: schemathesis, promtool, prometheus (scripts/http-conformance.sh)"
 ./scripts/http-conformance.sh
 
+echo "== the Linux kernel NFS client in a qemu guest (scripts/nfs-kernel-test.sh)"
+./scripts/nfs-kernel-test.sh
+
 echo "== all tests passed"
