@@ -48,7 +48,7 @@ done
 
 # --- a node with some content ------------------------------------------------------------
 cargo build --quiet --locked --bin scoutgw
-bin="$root/target/debug/scoutgw"
+bin="${CARGO_TARGET_DIR:-$root/target}/debug/scoutgw"
 scratch=$(mktemp -d)
 node_pid=
 prom_pid=
