@@ -120,13 +120,15 @@ check "unlink while open keeps data readable" sh -c 'echo open-data > opened; ex
 
 section "readdir of $NENTRIES entries"
 mkdir -p big10k
-half=$((NENTRIES / 2))
-( cd big10k && i=0; while [ $i -lt $half ]; do : > e$i; i=$((i + 1)); done ) &
-p1=$!
-( cd big10k && i=$half; while [ $i -lt "$NENTRIES" ]; do : > e$i; i=$((i + 1)); done ) &
-p2=$!
-wait $p1; r1=$?; wait $p2; r2=$?
-eq "create loops exit status" "$r1 $r2" "0 0"
+# four creators at once: the guest's 2 CPUs stay busy while calls wait for replies
+q=$(( (NENTRIES + 3) / 4 )); pids=
+for p in 0 1 2 3; do
+    ( cd big10k && i=$((p * q)); end=$(((p + 1) * q)); [ $end -gt "$NENTRIES" ] && end=$NENTRIES
+      while [ $i -lt $end ]; do : > e$i || exit 1; i=$((i + 1)); done ) &
+    pids="$pids $!"
+done
+rcs=; for p in $pids; do wait $p; rcs="$rcs$?"; done
+eq "create loops exit status" "$rcs" 0000
 seq 0 $((NENTRIES - 1)) | sed 's/^/e/' | sort > /tmp/names.exp
 drop_caches
 eq "entries listed" "$(ls big10k | wc -l)" "$NENTRIES"
@@ -161,6 +163,75 @@ eq "stat -c %F fifo" "$(stat -c %F fifo)" fifo
 check "test -p fifo" test -p fifo
 eq "chardev type, major, minor" "$(stat -c '%F %t %T' chardev)" "character special file 1 3"
 eq "blockdev type, major, minor" "$(stat -c '%F %t %T' blockdev)" "block special file 7 9"
+
+# --- more semantics, in $W/more: exclusive create, 64-bit offsets, directory link counts,
+# separate atime/mtime, AUTH_SYS permission checks as uid 1000, concurrent writers
+mkdir -p more && cd more || exit 1
+section "exclusive create (O_EXCL)"
+check "noclobber create (O_EXCL)" sh -c 'set -C; echo one > ex'
+check_fails "noclobber create of an existing file" sh -c 'set -C; echo two > ex'
+drop_caches
+eq "ex content" "$(cat ex)" one
+eq "ex mode" "$(stat -c %a ex)" 644
+m=$(stat -c %Y ex); n=$(date +%s)
+[ $((n - m)) -ge 0 ] && [ $((n - m)) -lt 300 ] && ok "ex mtime is recent ($m vs now $n)" || bad "ex mtime $m, now $n"
+a=$(stat -c %X ex); [ $((n - a)) -ge 0 ] && [ $((n - a)) -lt 300 ] && ok "ex atime is recent" || bad "ex atime $a now $n"
+section "offsets past 4 GiB (sparse)"
+dd if=/dev/urandom of=/tmp/m bs=1048576 count=1 2>/dev/null
+check "write 1 MiB at 4 GiB + 1 MiB" dd if=/tmp/m of=sparse bs=1048576 seek=4097 count=1 conv=notrunc
+drop_caches
+eq "size" "$(stat -c %s sparse)" $((4098 * 1048576))
+eq "data at 4 GiB+1 MiB" "$(dd if=sparse bs=1048576 skip=4097 count=1 2>/dev/null | sha256sum | cut -d' ' -f1)" "$(sum /tmp/m)"
+eq "hole at 1 GiB reads zeros" "$(dd if=sparse bs=1048576 skip=1024 count=1 2>/dev/null | tr -d '\000' | wc -c)" 0
+eq "blocks used (sparse)" "$( [ $(stat -c %b sparse) -lt 10000 ] && echo small || stat -c %b sparse)" small
+section "directory link counts after moving a subdir"
+mkdir -p p1/c p2
+eq "p1 nlink" "$(stat -c %h p1)" 3
+eq "p2 nlink" "$(stat -c %h p2)" 2
+check "mv p1/c p2/" mv p1/c p2/
+drop_caches
+eq "p1 nlink after" "$(stat -c %h p1)" 2
+eq "p2 nlink after" "$(stat -c %h p2)" 3
+eq "c/.. is p2" "$(stat -c %i p2/c/..)" "$(stat -c %i p2)"
+mkdir -p e1 ne/sub
+check "rename dir over an empty dir" mv -T p2/c e1
+check_fails "rename dir over a non-empty dir" mv -T e1 ne
+section "atime and mtime separately"
+echo t > times
+check "touch -a -d 2001-02-03" touch -a -d '2001-02-03 04:05:06' times
+check "touch -m -d 2011-12-13" touch -m -d '2011-12-13 14:15:16' times
+drop_caches
+eq "atime" "$(stat -c %X times)" "$(date -d '2001-02-03 04:05:06' +%s)"
+eq "mtime" "$(stat -c %Y times)" "$(date -d '2011-12-13 14:15:16' +%s)"
+section "permissions with AUTH_SYS uid 1000"
+mkdir -p /etc; echo 'root:x:0:0::/:/bin/sh' > /etc/passwd; echo 'u1000:x:1000:1000::/tmp:/bin/sh' >> /etc/passwd
+echo 'root:x:0:' > /etc/group; echo 'g1000:x:1000:' >> /etc/group
+echo secret > rootfile; chmod 644 rootfile
+mkdir -p rootdir; chmod 755 rootdir
+mkdir -p userdir; chown 1000:1000 userdir
+drop_caches
+as() { su -s /bin/sh u1000 -c "$1"; }
+denied() {  # DESC CMD: must fail with EACCES/EPERM
+    _o=$(as "$2" 2>&1) && { bad "$1: succeeded"; return; }
+    case $_o in *'ermission denied'*|*'not permitted'*) ok "$1 ($_o)";; *) bad "$1: failed but not with a permission error: $_o";; esac
+}
+eq "id as u1000" "$(as 'id -u'):$(as 'id -g')" 1000:1000
+check "uid 1000 reads a 644 root file" as "cat rootfile"
+denied "uid 1000 writes a 644 root file" "echo x >> rootfile"
+denied "uid 1000 creates in a 755 root dir" "echo x > rootdir/f"
+check "uid 1000 creates in its own dir" as "echo x > userdir/f"
+eq "owner of the new file" "$(stat -c %u:%g userdir/f)" 1000:1000
+denied "uid 1000 chmods a root file" "chmod 777 rootfile"
+denied "uid 1000 chowns its file to 0" "chown 0 userdir/f"
+chmod 600 rootfile
+drop_caches
+denied "uid 1000 reads a 600 root file" "cat rootfile"
+section "concurrent writers to one file"
+dd if=/dev/urandom of=/tmp/cw bs=1048576 count=8 2>/dev/null
+for k in 0 1 2 3 4 5 6 7; do dd if=/tmp/cw of=cw bs=1048576 skip=$k seek=$k count=1 conv=notrunc,fsync 2>/dev/null & done; wait
+drop_caches
+eq "8 concurrent 1 MiB writers" "$(sum cw)" "$(sum /tmp/cw)"
+cd "$W" || exit 1
 
 section "big file ($BIG_MB MiB)"
 # At the export root, so the host can read it over libnfs too (libnfs file URLs cannot name a
