@@ -302,6 +302,11 @@ if [ -n "$gw_pid" ]; then gw_stop || note="not a clean stop;"; fi
 run_fsck final || note="$note fsck found problems"
 [ -z "$note" ] && record fsck PASS $((SECONDS - t0)) || record fsck FAIL $((SECONDS - t0)) "$note"
 
+gw_warnings=$(cat "$LOGS"/gateway-*.log 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | grep -aE ' (WARN|ERROR) ' | head -n 20)
+if [ -n "$gw_warnings" ]; then
+    say "warnings and errors the gateway logged:"
+    echo "$gw_warnings" | sed 's/^/    /'
+fi
 echo
 say "results (port $PORT, $(nproc) cores, ${ACCEL:-auto} acceleration):"
 for r in "${results[@]}"; do echo "  $r"; done
