@@ -28,6 +28,12 @@ drop_caches
 ls -a | grep -vE '^\.\.?$' | sort > /tmp/ls.before
 inodes_before=$(stat -c '%n %i' . .. f* r.bin w.txt deep deep/d.txt)
 for i in 0 1 2 3 4 5 6 7 8 9; do cat f$i > /dev/null; done   # cached dentries + attrs
+# unstable writes around the restart: 8 MiB written now without fsync (the client sends
+# UNSTABLE WRITEs when it likes), 8 MiB more after the restart, then close (COMMIT, answered
+# with the new process's verifier: the client must resend what the old one did not commit)
+dd if=/dev/urandom of=/tmp/u.ref bs=1048576 count=16 2>/dev/null
+exec 6> u.bin
+head -c 8388608 /tmp/u.ref >&6
 exec 3>> w.txt     # open for writing (append)
 exec 4< r.bin      # open for reading, nothing read yet
 cd deep || bad "cd deep"   # the cwd is a directory handle held across the restart
@@ -75,11 +81,13 @@ eq "cat relative to the held cwd" "$(cat d.txt)" deep
 eq "ls of the held cwd" "$(ls)" d.txt
 eq "read r.bin through the fd opened before" "$(sha256sum <&4 | cut -d' ' -f1)" "$(sum /tmp/r.ref)"
 check "write w.txt through the fd opened before" sh -c 'echo after >&3'
-exec 3>&- 4<&-
+tail -c 8388608 /tmp/u.ref >&6 || bad "second half of u.bin"
+exec 3>&- 4<&- 6>&-
 cd .. || bad "cd .. from the held cwd"
 drop_pages
 eq "w.txt content" "$(cat w.txt | tr '\n' ' ')" "before after "
-ls -a | grep -vE '^\.\.?$' | grep -v '^during.bin$' | sort > /tmp/ls.after
+eq "u.bin (unstable writes across the restart)" "$(sum u.bin)" "$(sum /tmp/u.ref)"
+ls -a | grep -vE '^\.\.?$' | grep -vE '^(during|u)\.bin$' | sort > /tmp/ls.after
 if cmp -s /tmp/ls.before /tmp/ls.after; then ok "ls of the directory: same names"; else bad "ls differs: $(diff /tmp/ls.before /tmp/ls.after | tr '\n' ' ')"; fi
 for i in 0 1 2 3 4 5 6 7 8 9; do
     [ "$(cat f$i 2>&1)" = "file $i before the restart" ] || bad "f$i: $(cat f$i 2>&1)"
