@@ -87,6 +87,8 @@ fn print_json(v: &Value) {
 }
 
 pub fn walk_inodes(a: &WalkInodesArgs) -> Result<(), CliError> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut after: Option<String> = None;
     let mut all = Vec::new();
     loop {
@@ -103,12 +105,13 @@ pub fn walk_inodes(a: &WalkInodesArgs) -> Result<(), CliError> {
             if a.json {
                 all.push(e.clone());
             } else {
-                println!("{} {}", e["seq"], e["ino"]);
+                let _ = writeln!(out, "{} {}", e["seq"], e["ino"]);
             }
         }
         match page["next"].as_str() {
             Some(c) if !entries.is_empty() => after = Some(c.to_string()),
             _ => {
+                let _ = out.flush();
                 if a.json {
                     print_json(&serde_json::json!({
                         "index": a.index,

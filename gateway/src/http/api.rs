@@ -224,9 +224,11 @@ impl Api {
                     parameter: None,
                 })
             }),
-            p if p.starts_with("/v1/inodes/") => {
-                only_params(&q, &[]).and_then(|_| self.inode(&p["/v1/inodes/".len()..]))
-            }
+            p if p.starts_with("/v1/inodes/") => only_params(&q, &[]).and_then(|_| {
+                let raw = &p["/v1/inodes/".len()..];
+                let ino = percent_decode(raw).unwrap_or_else(|| raw.to_string());
+                self.inode(&ino)
+            }),
             p if p.starts_with("/v1/index/") => Err(ApiError::not_found(format!(
                 "no index {:?}; the indexes are meta_seq and data_seq",
                 &p["/v1/index/".len()..]

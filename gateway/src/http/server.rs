@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -54,7 +54,7 @@ fn route_label(path: &str) -> &'static str {
 }
 
 fn json_response(status: u16, body: &Value) -> Response<Full<Bytes>> {
-    let mut text = serde_json::to_vec_pretty(body).expect("JSON values serialize");
+    let mut text = serde_json::to_vec(body).expect("JSON values serialize");
     text.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -76,7 +76,13 @@ impl HttpService {
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                // The scheme is case-insensitive (RFC 9110 §11.1).
+                let (scheme, rest) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| rest.trim_start())
+            })
         else {
             return false;
         };
@@ -93,7 +99,14 @@ impl HttpService {
         let start = Instant::now();
         let path = req.uri().path().to_string();
         let route = route_label(&path);
-        let resp = self.route(&req, &path).await;
+        let mut resp = self.route(&req, &path).await;
+        if req.method() == Method::HEAD {
+            // HEAD answers like GET (RFC 9110 §9.3.2): same headers, no body.
+            let len = resp.body().size_hint().exact().unwrap_or(0);
+            *resp.body_mut() = Full::new(Bytes::new());
+            resp.headers_mut()
+                .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
         let status = resp.status().as_u16().to_string();
         self.metrics
             .http_requests
@@ -107,7 +120,7 @@ impl HttpService {
     }
 
     async fn route(self: &Arc<Self>, req: &Request<Incoming>, path: &str) -> Response<Full<Bytes>> {
-        if req.method() != Method::GET {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut r = reply_response(
                 ApiError {
                     status: 405,
