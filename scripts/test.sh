@@ -22,7 +22,8 @@ cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$scratch"; }
 trap cleanup EXIT
 "$bin" quickstart --dir "$scratch/data" --setup-only >"$scratch/out1"
 port=$((20000 + RANDOM % 20000))
-"$bin" quickstart --dir "$scratch/data" --nfs-bind "127.0.0.1:$port" >"$scratch/out2" 2>&1 &
+"$bin" quickstart --dir "$scratch/data" --nfs-bind "127.0.0.1:$port" \
+    --http-bind "127.0.0.1:$((port + 1))" >"$scratch/out2" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do grep -q "serving NFSv3" "$scratch/out2" && break; sleep 0.2; done
 grep -q "already holds filesystem" "$scratch/out2"
@@ -36,6 +37,7 @@ elif [ "${CI:-}" = true ]; then
     echo "CI needs nfs-cp (libnfs-utils)" >&2
     exit 1
 fi
+curl -sf "http://127.0.0.1:$((port + 1))/readyz" >/dev/null
 kill -TERM "$pid"
 wait "$pid"
 pid=
