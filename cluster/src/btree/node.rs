@@ -173,8 +173,69 @@ impl CleanNode {
         Key::read_from_bytes(&self.block.data.as_slice()[at..at + 32]).expect("checked block")
     }
 
+    /// Index of the first item with key >= `key` (may be `len`).
+    ///
+    /// In a leaf the search starts at a guess interpolated between the first and last keys
+    /// and gallops from there: keys spread evenly over a leaf's range (inode numbers, name
+    /// hashes, positions), so a leaf that is not in the CPU caches costs a handful of cache
+    /// lines instead of the ten or so of a binary search over its item headers. Parents
+    /// (last key `Key::MAX`, and hot anyway) are searched by bisection.
     pub fn lower_bound(&self, key: &Key) -> usize {
-        let (mut lo, mut hi) = (0, self.len);
+        let n = self.len;
+        if self.level != 0 || n < 16 {
+            return self.bisect(key, 0, n);
+        }
+        let first = self.key(0);
+        if *key <= first {
+            return 0;
+        }
+        let last = self.key(n - 1);
+        if *key > last {
+            return n;
+        }
+        // key(0) < key <= key(n - 1): the answer is in [1, n - 1].
+        let (pf, pl, pk) = (project(&first), project(&last), project(key));
+        let guess = if pl > pf {
+            1 + ((pk - pf) as f64 / (pl - pf) as f64 * (n - 2) as f64) as usize
+        } else {
+            n / 2
+        };
+        let g = guess.clamp(1, n - 1);
+        if self.key(g) < *key {
+            // Up: the answer is in (below, above].
+            let (mut below, mut step) = (g, 1);
+            let above = loop {
+                let probe = g + step;
+                if probe >= n - 1 {
+                    break n - 1;
+                }
+                if self.key(probe) >= *key {
+                    break probe;
+                }
+                below = probe;
+                step *= 2;
+            };
+            self.bisect(key, below + 1, above)
+        } else {
+            // Down: the answer is in (below, above].
+            let (mut above, mut step) = (g, 1);
+            let below = loop {
+                if step >= g {
+                    break 0;
+                }
+                let probe = g - step;
+                if self.key(probe) < *key {
+                    break probe;
+                }
+                above = probe;
+                step *= 2;
+            };
+            self.bisect(key, below + 1, above)
+        }
+    }
+
+    /// The first index in `[lo, hi)` whose key is >= `key`, or `hi`.
+    fn bisect(&self, key: &Key, mut lo: usize, mut hi: usize) -> usize {
         while lo < hi {
             let mid = (lo + hi) / 2;
             if self.key(mid) < *key {
@@ -208,5 +269,87 @@ impl CleanNode {
 
     pub fn child(&self, i: usize) -> BlockRef {
         self.view().child_ref(i)
+    }
+}
+
+/// A number that grows with the key order (never the other way): zone, first, type and the
+/// high 48 bits of second. Interpolating between two keys' numbers guesses where a key lies.
+fn project(k: &Key) -> u128 {
+    ((k.zone as u128) << 120)
+        | ((k.first.get() as u128) << 56)
+        | ((k.ty as u128) << 48)
+        | (k.second.get() >> 16) as u128
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A clean leaf holding `keys` (sorted, distinct).
+    fn clean_leaf(keys: &[Key]) -> CleanNode {
+        let mut n = Node::new(0);
+        for (i, k) in keys.iter().enumerate() {
+            n.insert_at(
+                i,
+                Item {
+                    key: *k,
+                    seq: 1,
+                    flags: 0,
+                    val: Vec::new(),
+                },
+            );
+        }
+        let block = Arc::new(CachedBlock::new(1, n.encode()));
+        block.mark_body_checked();
+        CleanNode::new(block, 7).unwrap()
+    }
+
+    fn spread() -> impl Strategy<Value = Vec<Key>> {
+        // Sequential inode numbers, random name hashes, clusters, and keys that differ only
+        // below the interpolated bits (third, low bits of second).
+        prop_oneof![
+            (1u64..1 << 40, 1u64..5, 0usize..1300).prop_map(|(s, d, n)| (0..n as u64)
+                .map(|i| Key::new(3, s + i * d, 4, 0, 0, 0))
+                .collect()),
+            proptest::collection::vec(any::<u64>(), 0..1300)
+                .prop_map(|h| h.into_iter().map(|h| Key::new(3, 9, 12, h, 0, 0)).collect()),
+            proptest::collection::vec((0u64..4, 0u64..1 << 20), 0..1300).prop_map(|v| v
+                .into_iter()
+                .map(|(a, b)| Key::new(3, a << 50, 4, b, 0, 0))
+                .collect()),
+            proptest::collection::vec(0u64..1 << 16, 0..1300).prop_map(|v| v
+                .into_iter()
+                .map(|t| Key::new(3, 9, 12, t & 0xff, t, 0))
+                .collect()),
+        ]
+        .prop_map(|mut v: Vec<Key>| {
+            v.sort();
+            v.dedup();
+            v
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn interpolated_leaf_search_finds_what_bisection_finds(
+            keys in spread(),
+            probes in proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>(), 0usize..4), 1..64),
+        ) {
+            let leaf = clean_leaf(&keys);
+            let naive = |k: &Key| keys.partition_point(|x| x < k);
+            for (a, b, c, how) in probes {
+                let k = match (how, keys.is_empty()) {
+                    // A key of the leaf, and its neighbours.
+                    (0, false) => keys[(a as usize) % keys.len()],
+                    (1, false) => keys[(a as usize) % keys.len()].next().unwrap_or(Key::MAX),
+                    (2, false) => keys[(a as usize) % keys.len()].prev().unwrap_or(Key::MIN),
+                    _ => Key::new(3, a % 16, (b % 16) as u8, b, c, 0),
+                };
+                prop_assert_eq!(leaf.lower_bound(&k), naive(&k), "key {:?}", k);
+            }
+            prop_assert_eq!(leaf.lower_bound(&Key::MIN), 0);
+            prop_assert_eq!(leaf.lower_bound(&Key::MAX), naive(&Key::MAX));
+        }
     }
 }
