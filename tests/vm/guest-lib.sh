@@ -82,11 +82,13 @@ manifest_line() {
 }
 
 # the listing of a big directory in one line: count, checksum of sorted names, and a checksum
-# of "inode name" pairs (the fileids must not change across restarts)
+# of "inode name" pairs (the fileids must not change across restarts). One listing only:
+# busybox ls stats every entry (a LOOKUP each without READDIRPLUS).
 dir_summary() {
-    _n=$(ls -a "$1" | grep -cvE '^\.\.?$')
-    _names=$(ls -a "$1" | grep -vE '^\.\.?$' | sort | md5sum | cut -d' ' -f1)
-    _inos=$(ls -ai "$1" | awk '$2 != "." && $2 != ".." {print $1, $2}' | sort -k2 | md5sum | cut -d' ' -f1)
+    ls -ai "$1" | awk '$2 != "." && $2 != ".." {print $1, $2}' > /tmp/.dir_summary
+    _n=$(wc -l < /tmp/.dir_summary)
+    _names=$(cut -d' ' -f2 /tmp/.dir_summary | sort | md5sum | cut -d' ' -f1)
+    _inos=$(sort -k2 /tmp/.dir_summary | md5sum | cut -d' ' -f1)
     echo "$1|entries=$_n|names=$_names|inodes=$_inos"
 }
 
