@@ -260,6 +260,10 @@ pub struct Client {
     failed: bool,
     /// Reads retried because the roots they followed had gone stale.
     stale_retries: u64,
+    /// Reads sample the roots again once they are this old (`None`: only at commits,
+    /// stale retries and explicit refreshes).
+    refresh_every: Option<std::time::Duration>,
+    refreshed_at: std::time::Instant,
 }
 
 impl std::fmt::Debug for Client {
@@ -307,6 +311,8 @@ impl Client {
             clean_hits: 0,
             failed: false,
             stale_retries: 0,
+            refresh_every: None,
+            refreshed_at: std::time::Instant::now(),
         };
         c.refresh_roots()?;
         Ok(c)
@@ -337,6 +343,13 @@ impl Client {
             self.open_trans()?;
         }
         Ok(self.trans_seq())
+    }
+
+    /// Let reads sample the roots again once they are older than `every` (`None`: only at
+    /// commits, stale retries and explicit refreshes). A mount that only reads then picks up
+    /// merges (one tree fewer to read) and other clients' commits within `every`.
+    pub fn set_refresh_interval(&mut self, every: Option<std::time::Duration>) {
+        self.refresh_every = every;
     }
 
     /// Reads retried so far because their roots had gone stale.
@@ -401,6 +414,18 @@ impl Client {
         self.roots = roots;
         self.blooms = log_trees.iter().map(|_| Default::default()).collect();
         self.log_trees = log_trees;
+        self.refreshed_at = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// Sample the roots again if they are older than the refresh interval.
+    fn refresh_if_old(&mut self) -> Result<(), ClientError> {
+        if self
+            .refresh_every
+            .is_some_and(|every| self.refreshed_at.elapsed() >= every)
+        {
+            self.refresh_roots()?;
+        }
         Ok(())
     }
 
@@ -470,6 +495,7 @@ impl Client {
         if let Some(it) = self.items.get(key) {
             return Ok(live(it.clone()));
         }
+        self.refresh_if_old()?;
         if let Some(v) = self.clean.get(key) {
             self.clean_hits += 1;
             return Ok(v.and_then(live));
@@ -494,6 +520,7 @@ impl Client {
     /// tree merged by key, the open transaction's items on top.
     pub fn scan(&mut self, start: &Key, end: &Key, limit: usize) -> Result<Vec<Item>, ClientError> {
         let (start, end) = (*start, *end);
+        self.refresh_if_old()?;
         self.with_retry(|c| c.scan_merged(&start, &end, limit))
     }
 

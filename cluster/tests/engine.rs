@@ -904,3 +904,32 @@ fn a_range_within_one_lock_group_skips_trees_without_that_group() {
     // A range across groups still reads every tree.
     assert_eq!(r.range(&ka(0), &kb(u64::MAX)).unwrap().len(), 6050);
 }
+
+/// With a refresh interval a client that only reads samples the roots again once they are
+/// that old: it sees another client's commit (and stops reading merged trees) without a
+/// commit or an explicit refresh of its own; without one it keeps reading its snapshot.
+#[test]
+fn a_reader_with_a_refresh_interval_samples_roots_again_when_they_age() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut w = fs.client(&server, 1);
+    let mut snap = fs.client(&server, 2);
+    let mut aging = fs.client(&server, 3);
+    aging.set_refresh_interval(Some(std::time::Duration::from_millis(20)));
+    w.put(key(1), b"v1".to_vec(), 0).unwrap();
+    w.commit().unwrap();
+    snap.refresh_roots().unwrap();
+    aging.refresh_roots().unwrap();
+    for c in [&mut snap, &mut aging] {
+        for _ in 0..2 {
+            assert_eq!(c.get(&key(1)).unwrap(), Some(b"v1".to_vec()));
+        }
+    }
+    w.put(key(1), b"v2".to_vec(), 0).unwrap();
+    w.commit().unwrap();
+    server.with(|s| s.request_merge()).unwrap();
+    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    assert_eq!(aging.get(&key(1)).unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(snap.get(&key(1)).unwrap(), Some(b"v1".to_vec()));
+}

@@ -44,6 +44,9 @@ pub struct FsOptions {
     pub data_wait_timeout: Duration,
     /// Inode numbers fetched from the server per batch.
     pub ino_batch: u64,
+    /// Reads sample the committed roots again once they are this old, so a mount that only
+    /// reads stops reading log trees merged since (`None`: only at its commits).
+    pub roots_refresh: Option<Duration>,
 }
 
 impl Default for FsOptions {
@@ -52,6 +55,7 @@ impl Default for FsOptions {
             max_dirty_items: 50_000,
             data_wait_timeout: Duration::from_secs(30),
             ino_batch: 1024,
+            roots_refresh: Some(Duration::from_millis(100)),
         }
     }
 }
@@ -112,7 +116,8 @@ impl Fs {
         rid: u64,
         opts: FsOptions,
     ) -> Result<Self, FsError> {
-        let client = Client::mount(md, link, rid)?;
+        let mut client = Client::mount(md, link, rid)?;
+        client.set_refresh_interval(opts.roots_refresh);
         Ok(Self {
             inner: Mutex::new(Inner {
                 client,
