@@ -14,6 +14,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod group_commit;
 pub mod http;
 pub mod metered;
 pub mod nfs;

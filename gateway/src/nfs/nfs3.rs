@@ -19,6 +19,8 @@ use scoutgw_cluster::fs::{
 };
 use scoutgw_metrics::NodeMetrics;
 
+use crate::group_commit::GroupCommit;
+
 use super::export::{
     may_access_data, may_delete, permits, Caller, ExportOptions, MAY_EXEC, MAY_READ, MAY_WRITE,
 };
@@ -131,6 +133,8 @@ pub struct Nfs3 {
     /// The write verifier: one per node boot. Clients resend UNSTABLE writes when it changes.
     write_verf: [u8; 8],
     metrics: Arc<NodeMetrics>,
+    /// Durable requests share commits.
+    commits: GroupCommit<FsError>,
 }
 
 type NfsResult<T> = Result<T, nfsstat3>;
@@ -234,18 +238,22 @@ impl Nfs3 {
             export,
             write_verf,
             metrics,
+            commits: GroupCommit::new(),
         }
     }
 
-    /// Commit everything open (COMMIT, stable WRITEs, sync exports), timed.
+    /// Make every change so far durable (COMMIT, stable WRITEs, sync exports): a commit
+    /// shared with the concurrent requests that need one too.
     fn commit_all(&self) -> Result<(), FsError> {
-        let start = std::time::Instant::now();
-        let r = self.fs.sync();
-        self.metrics.commits.inc();
-        self.metrics
-            .commit_seconds
-            .observe(start.elapsed().as_secs_f64());
-        r
+        self.commits.commit(|| {
+            let start = std::time::Instant::now();
+            let r = self.fs.sync();
+            self.metrics.commits.inc();
+            self.metrics
+                .commit_seconds
+                .observe(start.elapsed().as_secs_f64());
+            r
+        })
     }
 
     pub fn root_handle(&self) -> Vec<u8> {
