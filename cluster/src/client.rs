@@ -77,7 +77,7 @@ impl LocalServer {
     }
 
     /// Merge finalized log trees in the background, every `interval`, until the returned
-    /// handle is dropped. A merge goes in slices of [`MERGE_SLICE_ITEMS`] keys with the
+    /// handle is dropped. A merge goes in slices of about [`MERGE_SLICE_TIME`] with the
     /// server unlocked in between, so client requests wait for a slice, not a whole merge.
     pub fn spawn_merger(self: &Arc<Self>, interval: std::time::Duration) -> MergerHandle {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -92,7 +92,7 @@ impl LocalServer {
                     let Some(server) = server.upgrade() else {
                         break;
                     };
-                    match server.with(|s| s.merge_step(MERGE_SLICE_ITEMS)) {
+                    match server.with(|s| s.merge_for(MERGE_SLICE_TIME)) {
                         Ok(step) => busy = step == MergeStep::Partial,
                         Err(e) => {
                             // The server marks itself failed on I/O errors; nothing to retry.
@@ -110,9 +110,10 @@ impl LocalServer {
     }
 }
 
-/// Keys the background merger merges per slice, a server commit each: a few milliseconds of
-/// work, and the commits' rewrites of fs_root's upper blocks stay a few percent of the merge.
-pub const MERGE_SLICE_ITEMS: usize = 4096;
+/// The work of one slice of the background merger, a server commit each: client requests
+/// wait at most about this long for the server, and a large merge is not cut into so many
+/// commits (each flushes the device twice) that their flushes dominate it.
+pub const MERGE_SLICE_TIME: std::time::Duration = std::time::Duration::from_millis(25);
 /// The background merger's pause between slices of a merge.
 const MERGE_SLICE_PAUSE: std::time::Duration = std::time::Duration::from_micros(200);
 

@@ -676,6 +676,20 @@ impl Server {
     /// the call that merges their last key. A crash or restart in between starts the merge
     /// over, and merging a key again changes nothing.
     pub fn merge_step(&mut self, max_items: usize) -> Result<MergeStep, ServerError> {
+        self.merge_within(max_items, None)
+    }
+
+    /// [`Server::merge_step`] for about `budget` of work: a slice ends at the first multiple
+    /// of 256 keys merged after the budget ran out (so every call makes progress).
+    pub fn merge_for(&mut self, budget: std::time::Duration) -> Result<MergeStep, ServerError> {
+        self.merge_within(usize::MAX, Some(std::time::Instant::now() + budget))
+    }
+
+    fn merge_within(
+        &mut self,
+        max_items: usize,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<MergeStep, ServerError> {
         if self.merge.is_none() {
             let (inputs, others): (Vec<LogTrees>, Vec<LogTrees>) =
                 all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)?
@@ -697,7 +711,7 @@ impl Server {
             });
         }
         let state = self.merge.take().expect("merge state");
-        let res = self.merge_slice(state, max_items.max(1));
+        let res = self.merge_slice(state, max_items.max(1), deadline);
         if res.is_err() {
             // Start over next time (from the committed state).
             self.merge = None;
@@ -709,6 +723,7 @@ impl Server {
         &mut self,
         mut state: MergeState,
         max_items: usize,
+        deadline: Option<std::time::Instant>,
     ) -> Result<MergeStep, ServerError> {
         let oldest_unmerged = state.oldest_unmerged;
         if let Some(from) = state.next {
@@ -733,7 +748,11 @@ impl Server {
                     }
                 }
                 let Some(win) = best else { break None };
-                if applied == max_items {
+                if applied == max_items
+                    || (applied > 0
+                        && applied.is_multiple_of(256)
+                        && deadline.is_some_and(|d| std::time::Instant::now() >= d))
+                {
                     break Some(win.key);
                 }
                 for c in cursors.iter_mut() {

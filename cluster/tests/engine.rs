@@ -650,6 +650,17 @@ fn a_merge_in_slices_keeps_every_key_readable_between_slices() {
     fs.assert_fsck_clean();
 }
 
+/// Client 1 with keys `0..n` set to "x", committed, its tree finalized for the next merge.
+fn finalized_tree(fs: &Fs, server: &Arc<LocalServer>, n: u64) -> Client {
+    let mut a = fs.client(server, 1);
+    for i in 0..n {
+        a.put(key(i), b"x".to_vec(), 0).unwrap();
+    }
+    a.commit().unwrap();
+    server.with(|s| s.request_merge()).unwrap();
+    a
+}
+
 /// A client opening its next transaction between two slices of a merge of its finalized
 /// tree takes that tree's allocators over; the merge's end must free the tree from its
 /// record as it is then, not hand those allocators back a second time (fsck would see
@@ -659,12 +670,7 @@ fn a_merge_in_slices_frees_the_input_records_as_they_are_at_the_end() {
     use scoutgw_cluster::server::MergeStep;
     let fs = Fs::new();
     let server = fs.server();
-    let mut a = fs.client(&server, 1);
-    for n in 0..400 {
-        a.put(key(n), b"x".to_vec(), 0).unwrap();
-    }
-    a.commit().unwrap();
-    server.with(|s| s.request_merge()).unwrap();
+    let mut a = finalized_tree(&fs, &server, 400);
     assert_eq!(
         server.with(|s| s.merge_step(100)).unwrap(),
         MergeStep::Partial
@@ -932,4 +938,32 @@ fn a_reader_with_a_refresh_interval_samples_roots_again_when_they_age() {
     std::thread::sleep(std::time::Duration::from_millis(30));
     assert_eq!(aging.get(&key(1)).unwrap(), Some(b"v2".to_vec()));
     assert_eq!(snap.get(&key(1)).unwrap(), Some(b"v1".to_vec()));
+}
+
+/// A merge given a time budget stops once it is spent (at a multiple of 256 keys, so every
+/// call progresses even with no budget at all) and finishes over enough calls.
+#[test]
+fn a_merge_with_a_time_budget_stops_when_it_is_spent_and_still_progresses() {
+    use scoutgw_cluster::server::MergeStep;
+    let fs = Fs::new();
+    let server = fs.server();
+    let _a = finalized_tree(&fs, &server, 1000);
+    let zero = std::time::Duration::ZERO;
+    let mut partial = 0;
+    loop {
+        match server.with(|s| s.merge_for(zero)).unwrap() {
+            MergeStep::Partial => partial += 1,
+            MergeStep::Merged(n) => {
+                assert_eq!(n, 1);
+                break;
+            }
+            MergeStep::Idle => panic!("the merge ended without merging"),
+        }
+    }
+    // 1000 keys, 256 a call.
+    assert_eq!(partial, 3);
+    let long = std::time::Duration::from_secs(60);
+    assert_eq!(server.with(|s| s.merge_for(long)).unwrap(), MergeStep::Idle);
+    let mut c = fs.client(&server, 3);
+    assert_eq!(c.range(&lo(), &hi()).unwrap().len(), 1000);
 }
