@@ -3,6 +3,7 @@
 //! is documented in `packaging/scoutgw.toml`, the commented sample; a key missing from the
 //! file takes the default listed there.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -147,8 +148,27 @@ fn default_log() -> String {
     "info".into()
 }
 
+/// The configuration sections environment variables may override.
+const SECTIONS: [&str; 5] = ["NODE", "NFS", "EXPORT", "FS", "HTTP"];
+
+/// The `SCOUTGW_<SECTION>__<KEY>` variables of the environment. Others starting with
+/// `SCOUTGW_` (`SCOUTGW_API`, `SCOUTGW_TOKEN` of the CLI, a script's own) are not
+/// configuration and are left alone.
+fn config_env() -> HashMap<String, String> {
+    config_vars(std::env::vars())
+}
+
+fn config_vars(vars: impl Iterator<Item = (String, String)>) -> HashMap<String, String> {
+    vars.filter(|(k, _)| {
+        k.strip_prefix("SCOUTGW_")
+            .and_then(|rest| rest.split_once("__"))
+            .is_some_and(|(section, _)| SECTIONS.contains(&section))
+    })
+    .collect()
+}
+
 impl NodeConfig {
-    /// Read `path` (TOML) with `SCOUTGW_` environment overrides.
+    /// Read `path` (TOML) with `SCOUTGW_<SECTION>__<KEY>` environment overrides.
     pub fn load(path: &Path) -> Result<Self, CliError> {
         let bad = |e: config::ConfigError| CliError::Usage(format!("{}: {e}", path.display()));
         let cfg = config::Config::builder()
@@ -159,7 +179,8 @@ impl NodeConfig {
                     .separator("__")
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("export.clients"),
+                    .with_list_parse_key("export.clients")
+                    .source(Some(config_env())),
             )
             .build()
             .map_err(bad)?;
@@ -213,6 +234,22 @@ mod tests {
         assert_eq!(c.fs.max_dirty_items, FsSection::default().max_dirty_items);
         assert_eq!(c.http.bind, HttpSection::default().bind);
         assert_eq!(c.http.token, None);
+    }
+
+    #[test]
+    fn only_section_variables_are_configuration() {
+        let vars = [
+            ("SCOUTGW_NFS__BIND", "127.0.0.1:1"),
+            ("SCOUTGW_TOKEN", "secret"),
+            ("SCOUTGW_API", "http://x"),
+            ("SCOUTGW_BIN", "/bin/x"),
+            ("SCOUTGW_BOGUS__KEY", "1"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let got = config_vars(vars.into_iter());
+        assert_eq!(got.len(), 1);
+        assert_eq!(got["SCOUTGW_NFS__BIND"], "127.0.0.1:1");
     }
 
     #[test]
