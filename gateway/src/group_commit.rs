@@ -162,7 +162,10 @@ mod tests {
     #[test]
     fn a_failed_commit_fails_its_waiters_and_later_commits_recover() {
         let gc = GroupCommit::<String>::new();
-        assert_eq!(gc.commit(|| Err("disk gone".into())), Err("disk gone".into()));
+        assert_eq!(
+            gc.commit(|| Err("disk gone".into())),
+            Err("disk gone".into())
+        );
         assert_eq!(gc.commit(|| Ok(())), Ok(()));
     }
 }

@@ -1312,7 +1312,16 @@ fn mount_and_getport_answer_on_the_nfs_port() {
         "'..' of the root is the root"
     );
     const MNT3ERR_NOENT: u32 = 2;
+    const MNT3ERR_NOTDIR: u32 = 20;
     assert_eq!(c.mnt(b"/nope").unwrap_err(), MNT3ERR_NOENT);
+    // A directory below the export mounts too (as knfsd allows); a file does not.
+    let sub = c.mkdir_mode(&root, b"sub", 0o755);
+    let deeper = c.mkdir_mode(&sub, b"deeper", 0o755);
+    c.create_file(&sub, b"file", 0o644);
+    assert_eq!(c.mnt(b"/sub").unwrap().0, sub);
+    assert_eq!(c.mnt(b"/sub/deeper/").unwrap().0, deeper);
+    assert_eq!(c.mnt(b"/sub/file").unwrap_err(), MNT3ERR_NOTDIR);
+    assert_eq!(c.mnt(b"/sub/../sub").unwrap_err(), MNT3ERR_NOENT);
 
     let exports = c.exports();
     assert_eq!(exports.len(), 1, "{exports:?}");

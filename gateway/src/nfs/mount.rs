@@ -15,7 +15,9 @@ pub const PORTMAP_PROGRAM: u32 = 100000;
 pub const PORTMAP_V2: u32 = 2;
 
 const MNT3_OK: u32 = 0;
-const MNT3ERR_NOENT: u32 = 2;
+pub const MNT3ERR_NOENT: u32 = 2;
+pub const MNT3ERR_NOTDIR: u32 = 20;
+pub const MNT3ERR_SERVERFAULT: u32 = 10006;
 const MNT3ERR_ACCES: u32 = 13;
 const AUTH_SYS: u32 = 1;
 const MNTPATHLEN: usize = 1024;
@@ -36,21 +38,38 @@ impl Mount {
         }
     }
 
-    fn path_matches(&self, path: &[u8]) -> bool {
-        let want = self.export.path.trim_end_matches('/');
-        let got = std::str::from_utf8(path)
-            .unwrap_or("")
-            .trim_end_matches('/');
-        want == got
+    /// The names below the export's root that `path` asks for (empty for the export
+    /// itself), or `None` when `path` is not at or under the export path.
+    fn names_below_export<'p>(&self, path: &'p [u8]) -> Option<Vec<&'p [u8]>> {
+        let export: Vec<&[u8]> = self
+            .export
+            .path
+            .as_bytes()
+            .split(|b| *b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        let asked: Vec<&[u8]> = path
+            .split(|b| *b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .collect();
+        if asked.len() < export.len() || asked[..export.len()] != export[..] {
+            return None;
+        }
+        let below = asked[export.len()..].to_vec();
+        if below.iter().any(|c| *c == b"..") {
+            return None;
+        }
+        Some(below)
     }
 
-    /// Run one MOUNT procedure. `root_handle` gives the export's root file handle.
+    /// Run one MOUNT procedure. `resolve` gives the file handle of a directory named by
+    /// its path below the export root (no names: the root), or the MNT3 error status.
     pub fn call(
         &self,
         procedure: u32,
         args: &[u8],
         client: IpAddr,
-        root_handle: impl FnOnce() -> Vec<u8>,
+        resolve: impl FnOnce(&[&[u8]]) -> Result<Vec<u8>, u32>,
     ) -> Result<Vec<u8>, ProcError> {
         let mut r = XdrReader::new(args);
         let mut w = XdrWriter::new();
@@ -62,12 +81,22 @@ impl Mount {
                 let path = r.opaque("mount path", MNTPATHLEN)?;
                 if !self.export.admits(client) {
                     w.u32(MNT3ERR_ACCES);
-                } else if !self.path_matches(path) {
-                    w.u32(MNT3ERR_NOENT);
                 } else {
-                    mounts.insert((client, self.export.path.clone()));
-                    w.u32(MNT3_OK).opaque(&root_handle());
-                    w.u32(1).u32(AUTH_SYS);
+                    // The export itself or any directory below it.
+                    let found = self
+                        .names_below_export(path)
+                        .ok_or(MNT3ERR_NOENT)
+                        .and_then(|names| resolve(&names));
+                    match found {
+                        Ok(fh) => {
+                            mounts.insert((client, String::from_utf8_lossy(path).into_owned()));
+                            w.u32(MNT3_OK).opaque(&fh);
+                            w.u32(1).u32(AUTH_SYS);
+                        }
+                        Err(status) => {
+                            w.u32(status);
+                        }
+                    }
                 }
             }
             // DUMP
@@ -123,4 +152,35 @@ pub fn portmap_call(procedure: u32, args: &[u8], port: u16) -> Result<Vec<u8>, P
         _ => return Err(ProcError::ProcUnavail),
     }
     Ok(w.buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(path: &str) -> Mount {
+        Mount::new(std::sync::Arc::new(ExportOptions {
+            path: path.into(),
+            ..ExportOptions::default()
+        }))
+    }
+
+    #[test]
+    fn mount_paths_resolve_below_the_export_only() {
+        let root = mount("/");
+        assert_eq!(root.names_below_export(b"/"), Some(vec![]));
+        assert_eq!(
+            root.names_below_export(b"/a//b/"),
+            Some(vec![&b"a"[..], b"b"])
+        );
+        assert_eq!(root.names_below_export(b"/a/../b"), None);
+        let sub = mount("/srv/data");
+        assert_eq!(sub.names_below_export(b"/srv/data"), Some(vec![]));
+        assert_eq!(
+            sub.names_below_export(b"/srv/data/x"),
+            Some(vec![&b"x"[..]])
+        );
+        assert_eq!(sub.names_below_export(b"/srv"), None);
+        assert_eq!(sub.names_below_export(b"/srv/other"), None);
+    }
 }

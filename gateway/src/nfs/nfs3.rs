@@ -256,19 +256,28 @@ impl Nfs3 {
         })
     }
 
-    pub fn root_handle(&self) -> Vec<u8> {
-        let root = self
+    /// The handle of the directory `names` below the root (MOUNT), or its MNT3 status.
+    pub fn dir_handle(&self, names: &[&[u8]]) -> Result<Vec<u8>, u32> {
+        use super::mount::{MNT3ERR_NOENT, MNT3ERR_NOTDIR, MNT3ERR_SERVERFAULT};
+        let fail = |e: FsError| match e {
+            FsError::NotFound | FsError::NameTooLong | FsError::Invalid(_) => MNT3ERR_NOENT,
+            FsError::NotDir => MNT3ERR_NOTDIR,
+            _ => MNT3ERR_SERVERFAULT,
+        };
+        let mut a = self
             .fs
             .getattr(scoutgw_cluster::format::inode::ROOT_INO)
-            .map(|a| a.generation)
-            .unwrap_or(0);
-        FileHandle {
-            fsid: self.fsid,
-            ino: scoutgw_cluster::format::inode::ROOT_INO,
-            generation: root,
+            .map_err(fail)?;
+        for name in names {
+            if !a.is_dir() {
+                return Err(MNT3ERR_NOTDIR);
+            }
+            a = self.fs.lookup(a.ino, name).map_err(fail)?;
         }
-        .encode()
-        .to_vec()
+        if !a.is_dir() {
+            return Err(MNT3ERR_NOTDIR);
+        }
+        Ok(self.handle_of(&a).data)
     }
 
     fn handle_of(&self, a: &Attr) -> nfs_fh3 {

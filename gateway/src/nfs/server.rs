@@ -237,7 +237,7 @@ impl NfsService {
                 call.procedure,
                 call.args,
                 client.ip(),
-                || self.nfs.root_handle(),
+                |names| self.nfs.dir_handle(names),
             ))),
             (MOUNT_PROGRAM, _) => Some(accepted(
                 xid,
