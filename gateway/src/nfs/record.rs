@@ -59,10 +59,26 @@ pub async fn read_record<R: AsyncRead + Unpin>(
 /// Write `msg` as one record (a single last fragment).
 pub async fn write_record<W: AsyncWrite + Unpin>(w: &mut W, msg: &[u8]) -> std::io::Result<()> {
     let hdr = (msg.len() as u32 | LAST_FRAGMENT).to_be_bytes();
-    let mut buf = Vec::with_capacity(4 + msg.len());
-    buf.extend_from_slice(&hdr);
-    buf.extend_from_slice(msg);
-    w.write_all(&buf).await
+    // Header and body in one vectored write where the stream takes it (no copy of a 1 MiB
+    // READ reply), the rest of whatever it did not take after.
+    let mut done = 0usize;
+    let total = 4 + msg.len();
+    while done < total {
+        let n = if done < 4 {
+            let bufs = [
+                std::io::IoSlice::new(&hdr[done..]),
+                std::io::IoSlice::new(msg),
+            ];
+            w.write_vectored(&bufs).await?
+        } else {
+            w.write(&msg[done - 4..]).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -75,6 +91,21 @@ mod tests {
             .to_vec();
         v.extend_from_slice(data);
         v
+    }
+
+    #[tokio::test]
+    async fn written_records_read_back_whole() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let writer = tokio::spawn(async move {
+            write_record(&mut a, &body).await.unwrap();
+            write_record(&mut a, b"").await.unwrap();
+            body
+        });
+        let got = read_record(&mut b, 1 << 20).await.unwrap().unwrap();
+        let empty = read_record(&mut b, 1 << 20).await.unwrap().unwrap();
+        assert_eq!(got, writer.await.unwrap());
+        assert!(empty.is_empty());
     }
 
     #[tokio::test]
