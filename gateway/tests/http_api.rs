@@ -1344,3 +1344,52 @@ fn head_is_answered_like_get() {
     }
     node.stop();
 }
+
+/// Issue 5: a READ of released (offline) data answers NFS3ERR_JUKEBOX while staging is
+/// pending (the client retries later), the waiting reader is listed by /v1/data_waiting
+/// meanwhile, and the file's online blocks still read.
+#[test]
+fn reads_of_released_data_get_jukebox_and_are_listed_as_waiting() {
+    const JUKEBOX: u32 = 10008;
+    let dir = setup("1G", "256M");
+    let ino = offline(dir.path(), |fs| {
+        let a = fs.create(ROOT_INO, b"archived", &file(), true).unwrap();
+        fs.write(a.ino, 0, &[7u8; 3 * 4096]).unwrap();
+        let dv = fs.stat_more(a.ino).unwrap().data_version;
+        fs.release(a.ino, 4096, 8192, dv).unwrap();
+        a.ino
+    });
+    let mut node = ApiNode::serve(dir, 16090, 16091, &[]);
+    let mut rpc = Rpc::connect(node.nfs_addr());
+    let root = rpc.root();
+    let (fh, _) = rpc.lookup(&root, b"archived").expect("LOOKUP archived");
+    let (online, _) = rpc.read(&fh, 0, 4096).expect("READ of the online block");
+    assert_eq!(online, vec![7u8; 4096]);
+
+    let addr = node.nfs_addr();
+    let offline_fh = fh.clone();
+    let reader = std::thread::spawn(move || Rpc::connect(addr).read(&offline_fh, 4096, 4096));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut listed = false;
+    while !listed && Instant::now() < deadline && !reader.is_finished() {
+        let w = node.json("/v1/data_waiting");
+        listed = w["waiters"]
+            .as_array()
+            .expect("waiters")
+            .iter()
+            .any(|x| x["ino"] == ino);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        listed,
+        "the blocked READ was never listed in /v1/data_waiting"
+    );
+    assert_eq!(reader.join().unwrap().unwrap_err(), JUKEBOX);
+    let w = node.json("/v1/data_waiting");
+    assert!(
+        w["waiters"].as_array().unwrap().is_empty(),
+        "the reader left the list when it gave up: {w}"
+    );
+    drop(rpc);
+    node.stop();
+}
