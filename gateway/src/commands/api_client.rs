@@ -25,6 +25,16 @@ fn authority(base: &str) -> Result<&str, CliError> {
 
 /// GET `path_and_query` from the node; the JSON body of a 200, or the API's error.
 fn get(api: &ApiArgs, path_and_query: &str) -> Result<Value, CliError> {
+    let body = get_raw(api, path_and_query)?;
+    serde_json::from_slice(&body).map_err(|e| {
+        CliError::Node(format!(
+            "the node answered with a body that is not JSON: {e}"
+        ))
+    })
+}
+
+/// GET `path_and_query`; the body bytes of a 200, or the API's error.
+fn get_raw(api: &ApiArgs, path_and_query: &str) -> Result<Vec<u8>, CliError> {
     let host = authority(&api.api)?.to_string();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -59,14 +69,14 @@ fn get(api: &ApiArgs, path_and_query: &str) -> Result<Value, CliError> {
             .await
             .map_err(|e| unreachable(&e))?
             .to_bytes();
+        if status == 200 {
+            return Ok(body.to_vec());
+        }
         let json: Value = serde_json::from_slice(&body).map_err(|e| {
             CliError::Node(format!(
                 "the node answered {status} with a body that is not JSON: {e}"
             ))
         })?;
-        if status == 200 {
-            return Ok(json);
-        }
         let msg = json["error"]["message"]
             .as_str()
             .unwrap_or("no message")
@@ -77,6 +87,20 @@ fn get(api: &ApiArgs, path_and_query: &str) -> Result<Value, CliError> {
             _ => CliError::Node(format!("{msg} (HTTP {status})")),
         })
     })
+}
+
+/// The fields of an index page the CLI uses.
+#[derive(serde::Deserialize)]
+struct IndexPage {
+    horizon: u64,
+    entries: Vec<IndexEntry>,
+    next: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct IndexEntry {
+    seq: u64,
+    ino: u64,
 }
 
 fn print_json(v: &Value) {
@@ -99,23 +123,27 @@ pub fn walk_inodes(a: &WalkInodesArgs) -> Result<(), CliError> {
         if let Some(c) = &after {
             q.push_str(&format!("&after={c}"));
         }
-        let page = get(&a.api, &q)?;
-        let entries = page["entries"].as_array().cloned().unwrap_or_default();
-        for e in &entries {
+        let body = get_raw(&a.api, &q)?;
+        let page: IndexPage = serde_json::from_slice(&body).map_err(|e| {
+            CliError::Node(format!(
+                "the node answered with an unexpected index page: {e}"
+            ))
+        })?;
+        for e in &page.entries {
             if a.json {
-                all.push(e.clone());
+                all.push(serde_json::json!({ "seq": e.seq, "ino": e.ino }));
             } else {
-                let _ = writeln!(out, "{} {}", e["seq"], e["ino"]);
+                let _ = writeln!(out, "{} {}", e.seq, e.ino);
             }
         }
-        match page["next"].as_str() {
-            Some(c) if !entries.is_empty() => after = Some(c.to_string()),
+        match page.next {
+            Some(c) if !page.entries.is_empty() => after = Some(c),
             _ => {
                 let _ = out.flush();
                 if a.json {
                     print_json(&serde_json::json!({
                         "index": a.index,
-                        "horizon": page["horizon"],
+                        "horizon": page.horizon,
                         "entries": all,
                     }));
                 }

@@ -19,12 +19,54 @@ pub type ClusterView = Arc<dyn Fn() -> Result<Value, String> + Send + Sync>;
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    /// The body already serialized (large pages skip building a `Value` per entry); when
+    /// set, `body` is `Null`.
+    pub raw: Option<Vec<u8>>,
 }
 
 impl Reply {
     fn ok(body: Value) -> Self {
-        Reply { status: 200, body }
+        Reply {
+            status: 200,
+            body,
+            raw: None,
+        }
     }
+
+    fn ok_serialized(body: &impl serde::Serialize) -> Self {
+        Reply {
+            status: 200,
+            body: Value::Null,
+            raw: Some(serde_json::to_vec(body).expect("plain data serializes")),
+        }
+    }
+
+    /// The JSON body, parsed back if it was serialized directly (for tests and callers).
+    pub fn json(&self) -> Value {
+        match &self.raw {
+            Some(bytes) => serde_json::from_slice(bytes).expect("we wrote JSON"),
+            None => self.body.clone(),
+        }
+    }
+}
+
+/// One entry of an index page.
+#[derive(serde::Serialize)]
+struct SeqEntry {
+    seq: u64,
+    ino: u64,
+}
+
+/// A page of an index walk.
+#[derive(serde::Serialize)]
+struct SeqPage<'a> {
+    index: &'a str,
+    first: u64,
+    last: u64,
+    horizon: u64,
+    limit: usize,
+    entries: Vec<SeqEntry>,
+    next: Option<String>,
 }
 
 /// A refused or failed request, with the JSON error body it becomes.
@@ -67,6 +109,7 @@ impl ApiError {
         Reply {
             status: self.status,
             body: json!({ "error": err }),
+            raw: None,
         }
     }
 }
@@ -267,20 +310,19 @@ impl Api {
             .fs
             .walk_inodes(index, first, last, after, limit)
             .map_err(fs_error)?;
-        let entries: Vec<Value> = page
-            .entries
-            .iter()
-            .map(|(seq, ino)| json!({ "seq": seq, "ino": ino }))
-            .collect();
-        Ok(Reply::ok(json!({
-            "index": name,
-            "first": first,
-            "last": last.min(page.horizon),
-            "horizon": page.horizon,
-            "limit": limit,
-            "entries": entries,
-            "next": page.next.map(|(s, i)| format!("{s}-{i}")),
-        })))
+        Ok(Reply::ok_serialized(&SeqPage {
+            index: name,
+            first,
+            last: last.min(page.horizon),
+            horizon: page.horizon,
+            limit,
+            entries: page
+                .entries
+                .iter()
+                .map(|&(seq, ino)| SeqEntry { seq, ino })
+                .collect(),
+            next: page.next.map(|(s, i)| format!("{s}-{i}")),
+        }))
     }
 
     fn inode(&self, ino: &str) -> Result<Reply, ApiError> {

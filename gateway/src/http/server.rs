@@ -64,7 +64,18 @@ fn json_response(status: u16, body: &Value) -> Response<Full<Bytes>> {
 }
 
 fn reply_response(r: Reply) -> Response<Full<Bytes>> {
-    json_response(r.status, &r.body)
+    match r.raw {
+        Some(mut text) => {
+            text.push(b'\n');
+            let mut resp = Response::new(Full::new(Bytes::from(text)));
+            *resp.status_mut() =
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        None => json_response(r.status, &r.body),
+    }
 }
 
 impl HttpService {
