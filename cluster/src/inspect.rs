@@ -31,6 +31,9 @@ pub struct FsReport {
     pub alloc_lists: Vec<ListReport>,
     /// Every problem found, one line each. Empty for a healthy filesystem.
     pub errors: Vec<String>,
+    /// Findings that need no repair: a damaged copy of the super block in the inactive slot
+    /// (a super write torn by a crash; the next commit rewrites it).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -269,7 +272,12 @@ pub fn inspect(meta: Arc<dyn BlockDevice>) -> Result<FsReport, FormatError> {
         list_report(&md, "server_meta_freed[1]", &sb.server_meta_freed[1], limit),
     ];
 
-    let mut errors: Vec<String> = current.other_problem.into_iter().collect();
+    let warnings: Vec<String> = current
+        .other_problem
+        .map(|p| format!("{p} (the inactive slot; the next commit rewrites it)"))
+        .into_iter()
+        .collect();
+    let mut errors: Vec<String> = Vec::new();
     for q in &quorum_slots {
         if let Some(e) = &q.error {
             errors.push(format!("quorum slot {}: {e}", q.slot));
@@ -293,5 +301,6 @@ pub fn inspect(meta: Arc<dyn BlockDevice>) -> Result<FsReport, FormatError> {
         trees,
         alloc_lists,
         errors,
+        warnings,
     })
 }

@@ -875,11 +875,14 @@ fn print_reports_one_damaged_super_copy_and_reads_the_other() {
     let d = Devices::formatted_by_quickstart();
     flip_byte(&d.meta, SUPER_OFFSET);
     let out = d.print_json();
-    out.code(1);
+    // A damaged inactive copy is what a crash during a super write leaves: a warning, as
+    // fsck reports it, not a problem.
+    out.code(0);
     let r = out.json();
     assert_eq!(u(&r["super_block"]["blkno"]), 15, "{out}");
-    let problems = r["errors"].to_string();
-    assert!(problems.contains("block 16: bad crc32c"), "{out}");
+    assert_eq!(r["errors"], serde_json::json!([]), "{out}");
+    let warnings = r["warnings"].to_string();
+    assert!(warnings.contains("block 16: bad crc32c"), "{out}");
 }
 
 #[test]

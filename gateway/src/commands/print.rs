@@ -109,6 +109,12 @@ pub fn render(r: &FsReport) -> String {
             let _ = writeln!(o, "    ERROR: {e}");
         }
     }
+    if !r.warnings.is_empty() {
+        let _ = writeln!(o, "warnings");
+        for w in &r.warnings {
+            let _ = writeln!(o, "  {w}");
+        }
+    }
     if !r.errors.is_empty() {
         let _ = writeln!(o, "problems");
         for e in &r.errors {
