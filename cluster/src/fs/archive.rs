@@ -81,8 +81,20 @@ impl Fs {
         let mut registered: Option<u64> = None;
         let mut inner = self.inner();
         let result = loop {
-            match self.read_locked(&mut inner, ino, off, len) {
-                Ok(v) => break Ok(v),
+            match self.read_plan(&mut inner, ino, off, len) {
+                Ok(plan) => {
+                    // The device reads run without the mount lock, so READs overlap on the
+                    // disk; the readers guard holds commits (and so any reuse of the
+                    // planned blocks) off until they are done.
+                    let readers = self.data_readers();
+                    drop(inner);
+                    let out = plan.run(self.data_dev());
+                    drop(readers);
+                    if let Some(id) = registered {
+                        self.waiters.remove(id);
+                    }
+                    return out;
+                }
                 Err(ReadBlocked::Err(e)) => break Err(e),
                 Err(ReadBlocked::Offline(block)) => {
                     let id = match registered {

@@ -159,6 +159,40 @@ pub(crate) enum ReadBlocked {
     Err(FsError),
 }
 
+/// Where one mapped run of blocks goes in a read's buffer.
+#[derive(Debug, Default)]
+pub(crate) struct ReadPiece {
+    at: usize,
+    bytes: usize,
+    blkno: u64,
+}
+
+/// A planned read: the blocks to read (holes stay zero) and the bytes to return.
+#[derive(Debug, Default)]
+pub(crate) struct ReadPlan {
+    blocks_bytes: usize,
+    skip: usize,
+    len: usize,
+    pieces: Vec<ReadPiece>,
+}
+
+impl ReadPlan {
+    /// Read the planned blocks from the data device.
+    pub(crate) fn run(self, data: &scoutgw_blockdev::DataDev) -> Result<Vec<u8>, FsError> {
+        if self.len == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; self.blocks_bytes];
+        for p in &self.pieces {
+            data.read_blocks(p.blkno, &mut buf[p.at..p.at + p.bytes])
+                .map_err(FsError::from)?;
+        }
+        buf.drain(..self.skip);
+        buf.truncate(self.len);
+        Ok(buf)
+    }
+}
+
 impl From<FsError> for ReadBlocked {
     fn from(e: FsError) -> Self {
         ReadBlocked::Err(e)
@@ -174,24 +208,28 @@ fn regular(i: &InodeItem) -> Result<(), FsError> {
 }
 
 impl Fs {
-    /// Read up to `len` bytes at `off` (short at end of file), with the mount lock held.
-    pub(crate) fn read_locked(
+    /// Plan a read of up to `len` bytes at `off` (short at end of file), with the mount
+    /// lock held: which data blocks go where. [`ReadPlan::run`] then reads them without the
+    /// lock, under a guard of `data_readers` that keeps commits (which make freed blocks
+    /// reusable) from running meanwhile. (The inode's cluster lock is released with the
+    /// plan; with several nodes, the read must keep it until the blocks are read.)
+    pub(crate) fn read_plan(
         &self,
         inner: &mut Inner,
         ino: u64,
         off: u64,
         len: usize,
-    ) -> Result<Vec<u8>, ReadBlocked> {
+    ) -> Result<ReadPlan, ReadBlocked> {
         let _l = self.lock_inodes(inner, &[ino], LockMode::Read)?;
         let i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
         regular(&i)?;
         let size = i.size.get();
         if off >= size || len == 0 {
-            return Ok(Vec::new());
+            return Ok(ReadPlan::default());
         }
         let end = size.min(off.saturating_add(len as u64));
         let (first, last) = (off / BLOCK, (end - 1) / BLOCK);
-        let mut buf = vec![0u8; ((last - first + 1) * BLOCK) as usize];
+        let mut pieces = Vec::new();
         for e in extents_in(&mut inner.client, ino, first, last)? {
             let (s, t) = (e.start.max(first), e.end().min(last + 1));
             if s >= t {
@@ -200,16 +238,18 @@ impl Fs {
             if e.offline {
                 return Err(ReadBlocked::Offline(s));
             }
-            let at = ((s - first) * BLOCK) as usize;
-            let bytes = ((t - s) * BLOCK) as usize;
-            self.data_dev()
-                .read_blocks(e.blkno + (s - e.start), &mut buf[at..at + bytes])
-                .map_err(FsError::from)?;
+            pieces.push(ReadPiece {
+                at: ((s - first) * BLOCK) as usize,
+                bytes: ((t - s) * BLOCK) as usize,
+                blkno: e.blkno + (s - e.start),
+            });
         }
-        let skip = (off - first * BLOCK) as usize;
-        buf.drain(..skip);
-        buf.truncate((end - off) as usize);
-        Ok(buf)
+        Ok(ReadPlan {
+            blocks_bytes: ((last - first + 1) * BLOCK) as usize,
+            skip: (off - first * BLOCK) as usize,
+            len: (end - off) as usize,
+            pieces,
+        })
     }
 
     /// Write `data` at `off`, extending the file as needed.

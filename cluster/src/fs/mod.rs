@@ -19,7 +19,7 @@ mod inode;
 pub mod types;
 mod xattr;
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use scoutgw_blockdev::{BlockDevice, DataDev, MetaDev};
@@ -77,6 +77,10 @@ pub struct Fs {
     opts: FsOptions,
     waiters: archive::Waiters,
     wake: Condvar,
+    /// Held shared by reads of data blocks done outside the mount lock, and exclusively by
+    /// commits: a commit is what lets freed blocks be handed out again, so a block a read
+    /// planned cannot be reused before the read is done.
+    data_readers: RwLock<()>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -130,11 +134,17 @@ impl Fs {
             opts,
             waiters: archive::Waiters::default(),
             wake: Condvar::new(),
+            data_readers: RwLock::new(()),
         })
     }
 
     pub(crate) fn inner(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A shared guard for data reads done without the mount lock (see `data_readers`).
+    pub(crate) fn data_readers(&self) -> RwLockReadGuard<'_, ()> {
+        self.data_readers.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn data_dev(&self) -> &DataDev {
@@ -192,6 +202,7 @@ impl Fs {
 
     /// Make data durable, then the metadata that references it.
     pub(crate) fn commit_locked(&self, inner: &mut Inner) -> Result<(), FsError> {
+        let _no_readers = self.data_readers.write().unwrap_or_else(|p| p.into_inner());
         if inner.data_dirty {
             self.data.flush()?;
             inner.data_dirty = false;
