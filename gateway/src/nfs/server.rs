@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use scoutgw_cluster::fs::Fs;
@@ -31,15 +31,6 @@ const PER_CONNECTION_INFLIGHT: usize = 64;
 /// Requests of the whole node running at once (shutdown waits for all of them).
 pub const NODE_INFLIGHT: u32 = 1024;
 
-/// Counters of the NFS port (exported as metrics by a later issue).
-#[derive(Debug, Default)]
-pub struct NfsCounters {
-    pub calls: AtomicU64,
-    pub replays: AtomicU64,
-    pub dropped_duplicates: AtomicU64,
-    pub bad_records: AtomicU64,
-}
-
 /// Everything a request needs: the programs, the export and the duplicate-request cache.
 pub struct NfsService {
     nfs: Nfs3,
@@ -47,7 +38,6 @@ pub struct NfsService {
     drc: DuplicateCache,
     export: Arc<ExportOptions>,
     port: AtomicU16,
-    pub counters: NfsCounters,
     metrics: Arc<NodeMetrics>,
 }
 
@@ -130,7 +120,6 @@ impl NfsService {
             drc: DuplicateCache::new(drc_entries),
             export,
             port: AtomicU16::new(0),
-            counters: NfsCounters::default(),
             metrics,
         }
     }
@@ -144,11 +133,9 @@ impl NfsService {
     /// (not a call; a retransmission of a request still running).
     pub fn handle(&self, client: SocketAddr, record: &[u8]) -> Option<Vec<u8>> {
         let start = std::time::Instant::now();
-        self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let call = match parse_call(record) {
             Ok(c) => c,
             Err(e) => {
-                self.counters.bad_records.fetch_add(1, Ordering::Relaxed);
                 self.metrics.nfs_bad_records.inc();
                 return e.reply();
             }
@@ -202,13 +189,9 @@ impl NfsService {
                 match self.drc.begin(key) {
                     Seen::New => {}
                     Seen::InProgress => {
-                        self.counters
-                            .dropped_duplicates
-                            .fetch_add(1, Ordering::Relaxed);
                         return None;
                     }
                     Seen::Replay(r) => {
-                        self.counters.replays.fetch_add(1, Ordering::Relaxed);
                         self.metrics.nfs_drc_replays.inc();
                         return Some((*r).clone());
                     }
@@ -328,7 +311,6 @@ async fn connection(
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(RecordError::TooLarge { len, max }) => {
-                svc.counters.bad_records.fetch_add(1, Ordering::Relaxed);
                 svc.metrics.nfs_bad_records.inc();
                 tracing::warn!("nfs: {peer}: record of {len} bytes (limit {max}); closing");
                 break;
