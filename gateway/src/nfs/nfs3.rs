@@ -725,6 +725,26 @@ impl Nfs3 {
         put(w, &self.wcc(dir_before, dir_after.as_ref()));
     }
 
+    /// The shared path of CREATE, MKDIR and SYMLINK: resolve the directory, check the
+    /// caller may add to it, let `make` create the node owned by (uid, gid), and reply.
+    fn add_node(
+        &self,
+        w: &mut XdrWriter,
+        dir_fh: &[u8],
+        c: &Caller,
+        make: impl FnOnce(&Attr, u32, u32) -> NfsResult<Attr>,
+    ) {
+        let mut dir = None;
+        let res = (|| {
+            let d = self.resolve_dir(dir_fh)?;
+            dir = Some(d);
+            self.check_add(&d, c)?;
+            let (uid, gid) = Self::new_owner(&d, c);
+            make(&d, uid, gid)
+        })();
+        self.created_reply(w, res, dir.as_ref());
+    }
+
     fn create(&self, r: &mut XdrReader, w: &mut XdrWriter, c: &Caller) -> Result<(), XdrError> {
         let dir_fh = read_fh_bytes(r)?;
         let name = read_name(r)?;
@@ -739,12 +759,7 @@ impl Nfs3 {
             }
             _ => return Err(XdrError::Invalid("createmode3")),
         };
-        let mut dir = None;
-        let res = (|| {
-            let d = self.resolve_dir(dir_fh)?;
-            dir = Some(d);
-            self.check_add(&d, c)?;
-            let (uid, gid) = Self::new_owner(&d, c);
+        self.add_node(w, dir_fh, c, |d, uid, gid| {
             let node = NewNode {
                 kind: FileType::Regular,
                 perm: sattr.mode.unwrap_or(0o644) & 0o7777,
@@ -797,8 +812,7 @@ impl Nfs3 {
                     self.apply_create_attrs(a, &sattr, c)
                 }
             }
-        })();
-        self.created_reply(w, res, dir.as_ref());
+        });
         Ok(())
     }
 
@@ -806,12 +820,7 @@ impl Nfs3 {
         let dir_fh = read_fh_bytes(r)?;
         let name = read_name(r)?;
         let sattr = read_sattr(r)?;
-        let mut dir = None;
-        let res = (|| {
-            let d = self.resolve_dir(dir_fh)?;
-            dir = Some(d);
-            self.check_add(&d, c)?;
-            let (uid, gid) = Self::new_owner(&d, c);
+        self.add_node(w, dir_fh, c, |d, uid, gid| {
             // Subdirectories of a set-group-ID directory inherit the bit.
             let perm = sattr.mode.unwrap_or(0o755) & 0o7777 | (d.mode & 0o2000);
             let a = self
@@ -826,8 +835,7 @@ impl Nfs3 {
                 },
                 c,
             )
-        })();
-        self.created_reply(w, res, dir.as_ref());
+        });
         Ok(())
     }
 
@@ -836,27 +844,18 @@ impl Nfs3 {
         let name = read_name(r)?;
         let sattr = read_sattr(r)?;
         let target = r.opaque("symlink target", MAX_WIRE_NAME)?;
-        let mut dir = None;
-        let res = (|| {
-            let d = self.resolve_dir(dir_fh)?;
-            dir = Some(d);
-            self.check_add(&d, c)?;
-            let (uid, gid) = Self::new_owner(&d, c);
+        self.add_node(w, dir_fh, c, |d, uid, gid| {
             let a = self
                 .fs
                 .symlink(d.ino, name, target, uid, gid)
                 .map_err(|e| nfs_status(&e))?;
-            self.apply_create_attrs(
-                a,
-                &Sattr {
-                    size: None,
-                    mode: None,
-                    ..sattr
-                },
-                c,
-            )
-        })();
-        self.created_reply(w, res, dir.as_ref());
+            let rest = Sattr {
+                size: None,
+                mode: None,
+                ..sattr
+            };
+            self.apply_create_attrs(a, &rest, c)
+        });
         Ok(())
     }
 
