@@ -392,6 +392,11 @@ impl Client {
         Ok(())
     }
 
+    /// Forget every remembered committed item (a lock they were read under is going away).
+    pub fn drop_clean_items(&mut self) {
+        self.clean.clear();
+    }
+
     /// Sample the last committed roots and the log trees they name. Remembered committed
     /// items are dropped unless only this client's own trees changed (its commits keep them
     /// up to date).

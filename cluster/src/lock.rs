@@ -79,14 +79,36 @@ impl Lock {
 pub enum LockError {
     #[error("lock service unavailable: {0}")]
     Unavailable(String),
+    /// The node was fenced or is shutting down: no lock will be granted again.
+    #[error("lock client shut down: {0}")]
+    Shutdown(String),
 }
 
 /// What the filesystem layer calls to lock key ranges.
+///
+/// The filesystem holds its mount mutex while it uses locks, and an invalidation needs that
+/// mutex (to commit and drop cached items), so nobody may wait for a grant while holding it.
+/// Operations therefore call [`LockClient::try_lock`] under the mutex; when it answers
+/// `None` they undo nothing (they lock before they change anything), drop the mutex, call
+/// [`LockClient::wait_grant`] and start over.
 pub trait LockClient: Send + Sync {
-    /// Lock the group holding `key` in `mode`. `trans_seq` is the caller's open transaction.
-    fn lock(&self, key: &Key, mode: LockMode, trans_seq: u64) -> Result<Lock, LockError>;
+    /// Use the lock of the group holding `key` in `mode` if a grant that satisfies it is held
+    /// and not being invalidated to a mode that no longer satisfies it; `None` otherwise
+    /// (never waits). `trans_seq` is the caller's open transaction.
+    fn try_lock(
+        &self,
+        key: &Key,
+        mode: LockMode,
+        trans_seq: u64,
+    ) -> Result<Option<Lock>, LockError>;
+    /// Wait until a grant satisfying `mode` is held for the group of `key` (requesting it
+    /// from the server if needed). Takes no use of the lock: the caller retries `try_lock`.
+    fn wait_grant(&self, key: &Key, mode: LockMode) -> Result<(), LockError>;
     /// Release one use of a lock (the grant may be kept cached).
     fn unlock(&self, lock: &Lock);
+    /// Counts grants received from the server; when it changes, other nodes may have
+    /// committed items this node now may read, so readers sample fresh roots.
+    fn grant_gen(&self) -> u64;
 }
 
 #[derive(Debug, Default)]
@@ -160,7 +182,34 @@ impl LocalLocks {
 }
 
 impl LockClient for LocalLocks {
-    fn lock(&self, key: &Key, mode: LockMode, trans_seq: u64) -> Result<Lock, LockError> {
+    fn try_lock(
+        &self,
+        key: &Key,
+        mode: LockMode,
+        trans_seq: u64,
+    ) -> Result<Option<Lock>, LockError> {
+        self.lock(key, mode, trans_seq).map(Some)
+    }
+
+    fn wait_grant(&self, _key: &Key, _mode: LockMode) -> Result<(), LockError> {
+        Ok(())
+    }
+
+    fn unlock(&self, lock: &Lock) {
+        let mut table = self.held.lock().expect("lock table");
+        if let Some(h) = table.get_mut(&lock.start) {
+            h.users = h.users.saturating_sub(1);
+        }
+    }
+
+    fn grant_gen(&self) -> u64 {
+        0
+    }
+}
+
+impl LocalLocks {
+    /// Grant at once (nobody else to invalidate) and take one use.
+    pub fn lock(&self, key: &Key, mode: LockMode, trans_seq: u64) -> Result<Lock, LockError> {
         let start = lock_start(key);
         let mut table = self.held.lock().expect("lock table");
         let h = table.entry(start).or_default();
@@ -189,13 +238,6 @@ impl LockClient for LocalLocks {
             mode: h.mode.expect("granted"),
             write_seq: h.write_seq,
         })
-    }
-
-    fn unlock(&self, lock: &Lock) {
-        let mut table = self.held.lock().expect("lock table");
-        if let Some(h) = table.get_mut(&lock.start) {
-            h.users = h.users.saturating_sub(1);
-        }
     }
 }
 

@@ -9,7 +9,8 @@
 //! in process; the TCP transport adds framing, not new semantics.
 
 use crate::format::log_trees::LogTrees;
-use crate::format::BtreeRoot;
+use crate::format::{BtreeRoot, Key};
+use crate::lock::LockMode;
 
 /// A call from a client to the server.
 #[derive(Debug, Clone)]
@@ -38,6 +39,50 @@ pub enum Request {
     Statfs,
     /// The client is leaving: reclaim its state.
     Farewell,
+    /// Lock request (digest §5.3): "I hold `old_mode` of the lock starting at `key`, I want
+    /// `new_mode`". Answered by [`Response::Lock`] (the grant, with the server-assigned
+    /// `write_seq`) once every conflicting grant on other clients has been invalidated —
+    /// possibly much later, so the transport must not block other requests behind it.
+    /// Requesting `Null` drops the lock.
+    Lock(NetLock),
+}
+
+/// One lock message (digest §5.3). Requests, grants, invalidations and their responses all
+/// carry one; `old_mode` and `new_mode` always both say what the sender believes, so either
+/// side can order grants and invalidations of one lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetLock {
+    /// The lock's start key ([`crate::lock_names::lock_start`]).
+    pub key: Key,
+    /// Grants of Write/WriteOnly: the server's core seq at the grant (items written under the
+    /// lock get at least this seq). Recovery: the client's write_seq of the lock.
+    pub write_seq: u64,
+    pub old_mode: LockMode,
+    pub new_mode: LockMode,
+}
+
+/// A call from the server to a client (the server's side of the lock protocol).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerCall {
+    /// Reduce the lock at `key` from `old_mode` to `new_mode`: write dirty items, drop cached
+    /// items, then answer [`ClientReply::Invalidated`]. Duplicates are expected after failover.
+    Invalidate(NetLock),
+    /// A new server rebuilds its lock table: send the granted locks with keys `>= start`
+    /// (at most [`LOCK_RECOVER_BATCH`]); an empty batch ends the client's lock recovery.
+    /// A lock being invalidated is reported with its **old** mode (seed 000).
+    LockRecover { start: Key },
+}
+
+/// Locks per `LockRecover` answer.
+pub const LOCK_RECOVER_BATCH: usize = 1024;
+
+/// A client's answer to a [`ServerCall`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientReply {
+    /// The invalidation is done; `new_mode` is what the client holds now.
+    Invalidated(NetLock),
+    /// Locks for `LockRecover`, in key order; `new_mode` = mode held (old mode if invalidating).
+    Recovered(Vec<NetLock>),
 }
 
 /// The roots of the last committed super block.
@@ -63,14 +108,22 @@ pub struct Statfs {
 /// The server's answer to one request.
 #[derive(Debug, Clone)]
 pub enum Response {
-    Greeting { server_term: u64, fsid: u64 },
-    AllocInodes { first: u64, count: u64 },
+    Greeting {
+        server_term: u64,
+        fsid: u64,
+    },
+    AllocInodes {
+        first: u64,
+        count: u64,
+    },
     LogTrees(Box<LogTrees>),
     Committed,
     Roots(Roots),
     LastSeq(u64),
     Statfs(Statfs),
     FarewellDone,
+    /// A lock grant: `old_mode` is what the server believed the client held.
+    Lock(NetLock),
 }
 
 /// Why the server refused or failed a request.
@@ -92,9 +145,17 @@ pub enum ServerError {
     Io(String),
     #[error("metadata corruption: {0}")]
     Corrupt(String),
+    /// The server is not (or no longer) reachable; the transport resends once it finds the
+    /// next leader, so callers only see this when shutting down or after a timeout.
+    #[error("no server reachable: {0}")]
+    Unreachable(String),
+    /// This client was fenced or reclaimed by the server: it must stop using the filesystem.
+    #[error("client {rid:016x} was fenced")]
+    Fenced { rid: u64 },
 }
 
-/// How a client reaches the server. In process today; over TCP with resend later.
+/// How a client reaches the server: in process ([`crate::client::LocalServer`]) or over TCP
+/// (`net::NetClient`, which resends unanswered requests to whichever server leads next).
 pub trait ServerLink: Send + Sync {
     fn call(&self, rid: u64, req: Request) -> Result<Response, ServerError>;
 }

@@ -236,6 +236,9 @@ impl Server {
             Request::GetLastSeq => self.last_seq().map(Response::LastSeq),
             Request::Statfs => self.statfs().map(Response::Statfs),
             Request::Farewell => self.farewell(rid),
+            Request::Lock(_) => Err(ServerError::Invalid(
+                "lock requests are answered by the lock server".into(),
+            )),
         };
         if matches!(res, Err(ServerError::Io(_))) {
             self.failed = true;

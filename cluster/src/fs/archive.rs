@@ -77,58 +77,60 @@ impl Fs {
         len: usize,
         timeout: Duration,
     ) -> Result<Vec<u8>, FsError> {
-        let deadline = Instant::now() + timeout;
-        let mut registered: Option<u64> = None;
-        let mut inner = self.inner();
-        let result = loop {
-            match self.read_plan(&mut inner, ino, off, len) {
-                Ok(plan) => {
-                    // The device reads run without the mount lock, so READs overlap on the
-                    // disk; the readers guard holds commits (and so any reuse of the
-                    // planned blocks) off until they are done.
-                    let readers = self.data_readers();
-                    drop(inner);
-                    let out = plan.run(self.data_dev());
-                    drop(readers);
-                    if let Some(id) = registered {
-                        self.waiters.remove(id);
+        self.retry(|| {
+            let deadline = Instant::now() + timeout;
+            let mut registered: Option<u64> = None;
+            let mut inner = self.inner();
+            let result = loop {
+                match self.read_plan(&mut inner, ino, off, len) {
+                    Ok(plan) => {
+                        // The device reads run without the mount lock, so READs overlap on the
+                        // disk; the readers guard holds commits (and so any reuse of the
+                        // planned blocks) off until they are done.
+                        let readers = self.data_readers();
+                        drop(inner);
+                        let out = plan.run(self.data_dev());
+                        drop(readers);
+                        if let Some(id) = registered {
+                            self.waiters.remove(id);
+                        }
+                        return out;
                     }
-                    return out;
-                }
-                Err(ReadBlocked::Err(e)) => break Err(e),
-                Err(ReadBlocked::Offline(block)) => {
-                    let id = match registered {
-                        Some(id) => {
-                            if let Some(errno) = self.waiters.error_of(id) {
-                                break Err(FsError::Errno(errno));
+                    Err(ReadBlocked::Err(e)) => break Err(e),
+                    Err(ReadBlocked::Offline(block)) => {
+                        let id = match registered {
+                            Some(id) => {
+                                if let Some(errno) = self.waiters.error_of(id) {
+                                    break Err(FsError::Errno(errno));
+                                }
+                                id
                             }
-                            id
+                            None => {
+                                let id = self.waiters.add(ino, block);
+                                registered = Some(id);
+                                id
+                            }
+                        };
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break Err(FsError::Offline);
                         }
-                        None => {
-                            let id = self.waiters.add(ino, block);
-                            registered = Some(id);
-                            id
+                        let (g, _) = self
+                            .wake
+                            .wait_timeout(inner, deadline - now)
+                            .unwrap_or_else(|p| p.into_inner());
+                        inner = g;
+                        if let Some(errno) = self.waiters.error_of(id) {
+                            break Err(FsError::Errno(errno));
                         }
-                    };
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break Err(FsError::Offline);
-                    }
-                    let (g, _) = self
-                        .wake
-                        .wait_timeout(inner, deadline - now)
-                        .unwrap_or_else(|p| p.into_inner());
-                    inner = g;
-                    if let Some(errno) = self.waiters.error_of(id) {
-                        break Err(FsError::Errno(errno));
                     }
                 }
+            };
+            if let Some(id) = registered {
+                self.waiters.remove(id);
             }
-        };
-        if let Some(id) = registered {
-            self.waiters.remove(id);
-        }
-        result
+            result
+        })
     }
 
     /// Readers currently waiting for offline data.
@@ -164,104 +166,108 @@ impl Fs {
     /// data_version is still `data_version`. `off` must be block aligned; `len` too unless the
     /// range reaches the end of the file.
     pub fn release(&self, ino: u64, off: u64, len: u64, data_version: u64) -> Result<(), FsError> {
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
-        let wseq = held.write_seq();
-        let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
-        if FileType::from_mode(i.mode.get()) != Some(FileType::Regular) {
-            return Err(FsError::Invalid("release of a non-regular file"));
-        }
-        check_version(i.data_version.get(), data_version)?;
-        let size = i.size.get();
-        if !off.is_multiple_of(BLOCK)
-            || (!len.is_multiple_of(BLOCK) && off + len < size)
-            || len == 0
-        {
-            return Err(FsError::Invalid("release range must be block aligned"));
-        }
-        let (first, end) = (off / BLOCK, (off.saturating_add(len)).div_ceil(BLOCK));
-        for e in extents_in(&mut inner.client, ino, first, end - 1)? {
-            if e.offline {
-                continue;
+        self.retry(|| {
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
+            let wseq = held.write_seq();
+            let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
+            if FileType::from_mode(i.mode.get()) != Some(FileType::Regular) {
+                return Err(FsError::Invalid("release of a non-regular file"));
             }
-            let part = cut_extent(&mut inner.client, ino, &e, first, end, wseq)?;
-            if part.len == 0 {
-                continue;
+            check_version(i.data_version.get(), data_version)?;
+            let size = i.size.get();
+            if !off.is_multiple_of(BLOCK)
+                || (!len.is_multiple_of(BLOCK) && off + len < size)
+                || len == 0
+            {
+                return Err(FsError::Invalid("release range must be block aligned"));
             }
-            inner.client.free_data(part.blkno, part.len)?;
-            put_extent(
-                &mut inner.client,
-                ino,
-                &Extent {
-                    blkno: 0,
-                    offline: true,
-                    ..part
-                },
-                wseq,
-            )?;
-            i.online_blocks = i.online_blocks.get().saturating_sub(part.len).into();
-            i.offline_blocks = (i.offline_blocks.get() + part.len).into();
-        }
-        i.ctime = Time::now().to_disk();
-        write_inode(&mut inner.client, ino, &mut i, Change::Meta, wseq)?;
-        self.maybe_commit(inner)?;
-        Ok(())
+            let (first, end) = (off / BLOCK, (off.saturating_add(len)).div_ceil(BLOCK));
+            for e in extents_in(&mut inner.client, ino, first, end - 1)? {
+                if e.offline {
+                    continue;
+                }
+                let part = cut_extent(&mut inner.client, ino, &e, first, end, wseq)?;
+                if part.len == 0 {
+                    continue;
+                }
+                inner.client.free_data(part.blkno, part.len)?;
+                put_extent(
+                    &mut inner.client,
+                    ino,
+                    &Extent {
+                        blkno: 0,
+                        offline: true,
+                        ..part
+                    },
+                    wseq,
+                )?;
+                i.online_blocks = i.online_blocks.get().saturating_sub(part.len).into();
+                i.offline_blocks = (i.offline_blocks.get() + part.len).into();
+            }
+            i.ctime = Time::now().to_disk();
+            write_inode(&mut inner.client, ino, &mut i, Change::Meta, wseq)?;
+            self.maybe_commit(inner)?;
+            Ok(())
+        })
     }
 
     /// Write archived bytes back into the offline range starting at `off` (block aligned), if
     /// the file's data_version is still `data_version`. Every block written must be offline.
     /// Wakes readers waiting for it. Changes neither data_version nor data_seq.
     pub fn stage(&self, ino: u64, off: u64, data: &[u8], data_version: u64) -> Result<(), FsError> {
-        if !off.is_multiple_of(BLOCK) {
-            return Err(FsError::Invalid("stage offset must be block aligned"));
-        }
-        if data.is_empty() {
-            return Ok(());
-        }
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
-        let wseq = held.write_seq();
-        let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
-        check_version(i.data_version.get(), data_version)?;
-        let (first, end) = (off / BLOCK, (off + data.len() as u64).div_ceil(BLOCK));
-        let extents = extents_in(&mut inner.client, ino, first, end - 1)?;
-        // Every block of the range must be offline.
-        let mut b = first;
-        for e in &extents {
-            if e.start > b || !e.offline {
+        self.retry(|| {
+            if !off.is_multiple_of(BLOCK) {
+                return Err(FsError::Invalid("stage offset must be block aligned"));
+            }
+            if data.is_empty() {
+                return Ok(());
+            }
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
+            let wseq = held.write_seq();
+            let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
+            check_version(i.data_version.get(), data_version)?;
+            let (first, end) = (off / BLOCK, (off + data.len() as u64).div_ceil(BLOCK));
+            let extents = extents_in(&mut inner.client, ino, first, end - 1)?;
+            // Every block of the range must be offline.
+            let mut b = first;
+            for e in &extents {
+                if e.start > b || !e.offline {
+                    return Err(FsError::Invalid("stage range is not entirely offline"));
+                }
+                b = e.end();
+            }
+            if b < end {
                 return Err(FsError::Invalid("stage range is not entirely offline"));
             }
-            b = e.end();
-        }
-        if b < end {
-            return Err(FsError::Invalid("stage range is not entirely offline"));
-        }
-        for e in extents {
-            let part = cut_extent(&mut inner.client, ino, &e, first, end, wseq)?;
-            let mut at = part.start;
-            while at < part.end() {
-                let (p, got) = inner
-                    .client
-                    .alloc_data(part.end() - at)?
-                    .ok_or(FsError::NoSpace)?;
-                let mut buf = vec![0u8; (got * BLOCK) as usize];
-                let src = ((at - first) * BLOCK) as usize;
-                let n = buf.len().min(data.len().saturating_sub(src));
-                buf[..n].copy_from_slice(&data[src..src + n]);
-                self.data_dev().write_blocks(p, &buf)?;
-                self.map_new(inner, ino, at, got, p, wseq)?;
-                at += got;
+            for e in extents {
+                let part = cut_extent(&mut inner.client, ino, &e, first, end, wseq)?;
+                let mut at = part.start;
+                while at < part.end() {
+                    let (p, got) = inner
+                        .client
+                        .alloc_data(part.end() - at)?
+                        .ok_or(FsError::NoSpace)?;
+                    let mut buf = vec![0u8; (got * BLOCK) as usize];
+                    let src = ((at - first) * BLOCK) as usize;
+                    let n = buf.len().min(data.len().saturating_sub(src));
+                    buf[..n].copy_from_slice(&data[src..src + n]);
+                    self.data_dev().write_blocks(p, &buf)?;
+                    self.map_new(inner, ino, at, got, p, wseq)?;
+                    at += got;
+                }
+                i.offline_blocks = i.offline_blocks.get().saturating_sub(part.len).into();
+                i.online_blocks = (i.online_blocks.get() + part.len).into();
             }
-            i.offline_blocks = i.offline_blocks.get().saturating_sub(part.len).into();
-            i.online_blocks = (i.online_blocks.get() + part.len).into();
-        }
-        inner.data_dirty = true;
-        write_inode(&mut inner.client, ino, &mut i, Change::Meta, wseq)?;
-        self.maybe_commit(inner)?;
-        self.wake.notify_all();
-        Ok(())
+            inner.data_dirty = true;
+            write_inode(&mut inner.client, ino, &mut i, Change::Meta, wseq)?;
+            self.maybe_commit(inner)?;
+            self.wake.notify_all();
+            Ok(())
+        })
     }
 }
 

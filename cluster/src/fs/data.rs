@@ -254,31 +254,33 @@ impl Fs {
 
     /// Write `data` at `off`, extending the file as needed.
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> Result<Attr, FsError> {
-        let end = off
-            .checked_add(data.len() as u64)
-            .filter(|e| *e <= MAX_FILE_SIZE)
-            .ok_or(FsError::TooBig)?;
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
-        let wseq = held.write_seq();
-        let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
-        regular(&i)?;
-        if !data.is_empty() {
-            if off > i.size.get() {
-                self.zero_tail(inner, ino, i.size.get(), wseq)?;
+        self.retry(|| {
+            let end = off
+                .checked_add(data.len() as u64)
+                .filter(|e| *e <= MAX_FILE_SIZE)
+                .ok_or(FsError::TooBig)?;
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
+            let wseq = held.write_seq();
+            let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
+            regular(&i)?;
+            if !data.is_empty() {
+                if off > i.size.get() {
+                    self.zero_tail(inner, ino, i.size.get(), wseq)?;
+                }
+                self.write_blocks(inner, ino, &mut i, off, data, wseq)?;
+                i.size = i.size.get().max(end).into();
+                i.data_version = (i.data_version.get() + 1).into();
             }
-            self.write_blocks(inner, ino, &mut i, off, data, wseq)?;
-            i.size = i.size.get().max(end).into();
-            i.data_version = (i.data_version.get() + 1).into();
-        }
-        let now = Time::now().to_disk();
-        i.mtime = now;
-        i.ctime = now;
-        write_inode(&mut inner.client, ino, &mut i, Change::Data, wseq)?;
-        inner.data_dirty = true;
-        self.maybe_commit(inner)?;
-        Ok(Attr::from_item(ino, &i))
+            let now = Time::now().to_disk();
+            i.mtime = now;
+            i.ctime = now;
+            write_inode(&mut inner.client, ino, &mut i, Change::Data, wseq)?;
+            inner.data_dirty = true;
+            self.maybe_commit(inner)?;
+            Ok(Attr::from_item(ino, &i))
+        })
     }
 
     fn write_blocks(

@@ -148,30 +148,33 @@ fn is_empty_dir(client: &mut Client, dir: u64) -> Result<bool, FsError> {
 impl Fs {
     /// The entry `name` in directory `dir`.
     pub fn lookup(&self, dir: u64, name: &[u8]) -> Result<Attr, FsError> {
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let _l = self.lock_inodes(inner, &[dir], LockMode::Read)?;
-        if name == b"." {
-            let i = dir_inode(&mut inner.client, dir)?;
-            return Ok(Attr::from_item(dir, &i));
-        }
-        if name == b".." {
+        self.retry(|| {
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let _l = self.lock_inodes(inner, &[dir], LockMode::Read)?;
+            if name == b"." {
+                let i = dir_inode(&mut inner.client, dir)?;
+                return Ok(Attr::from_item(dir, &i));
+            }
+            if name == b".." {
+                dir_inode(&mut inner.client, dir)?;
+                let p = parent_of(&mut inner.client, dir)?;
+                drop(_l);
+                drop(guard);
+                return self.getattr(p);
+            }
+            if name.len() > crate::format::inode::NAME_MAX {
+                return Err(FsError::NameTooLong);
+            }
             dir_inode(&mut inner.client, dir)?;
-            let p = parent_of(&mut inner.client, dir)?;
-            drop(_l);
-            drop(guard);
-            return self.getattr(p);
-        }
-        if name.len() > crate::format::inode::NAME_MAX {
-            return Err(FsError::NameTooLong);
-        }
-        dir_inode(&mut inner.client, dir)?;
-        let d = find_entry(&mut inner.client, dir, name)?.ok_or(FsError::NotFound)?;
-        let ino = d.hdr.ino.get();
-        let _t = self.lock_inodes(inner, &[ino], LockMode::Read)?;
-        let i = read_inode(&mut inner.client, ino)?
-            .ok_or_else(|| FsError::Corrupt(format!("entry in {dir} names missing inode {ino}")))?;
-        Ok(Attr::from_item(ino, &i))
+            let d = find_entry(&mut inner.client, dir, name)?.ok_or(FsError::NotFound)?;
+            let ino = d.hdr.ino.get();
+            let _t = self.lock_inodes(inner, &[ino], LockMode::Read)?;
+            let i = read_inode(&mut inner.client, ino)?.ok_or_else(|| {
+                FsError::Corrupt(format!("entry in {dir} names missing inode {ino}"))
+            })?;
+            Ok(Attr::from_item(ino, &i))
+        })
     }
 
     /// Create a node of any type in `dir`. With `exclusive`, an existing name is an error;
@@ -238,109 +241,115 @@ impl Fs {
         exclusive: bool,
         target: Option<&[u8]>,
     ) -> Result<Attr, FsError> {
-        check_name(name)?;
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let ino = alloc_ino(self, inner)?;
-        let held = self.lock_inodes(inner, &[dir, ino], LockMode::Write)?;
-        let wseq = held.write_seq();
-        let mut d = dir_inode(&mut inner.client, dir)?;
-        if d.nlink.get() == 0 {
-            return Err(FsError::NotFound);
-        }
-        if let Some(existing) = find_entry(&mut inner.client, dir, name)? {
-            let e = existing.hdr.ino.get();
-            let i = read_inode(&mut inner.client, e)?.ok_or(FsError::Stale)?;
-            if exclusive || FileType::from_mode(i.mode.get()) != Some(node.kind) {
-                return Err(FsError::Exists);
+        self.retry(|| {
+            check_name(name)?;
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let ino = alloc_ino(self, inner)?;
+            let held = self.lock_inodes(inner, &[dir, ino], LockMode::Write)?;
+            let wseq = held.write_seq();
+            let mut d = dir_inode(&mut inner.client, dir)?;
+            if d.nlink.get() == 0 {
+                return Err(FsError::NotFound);
             }
-            return Ok(Attr::from_item(e, &i));
-        }
-        if node.kind == FileType::Directory && d.nlink.get() >= i32::MAX as u32 {
-            return Err(FsError::TooManyLinks);
-        }
-        let seed = [inner.client.rid(), ino, inner.client.trans_seq()];
-        let generation = fnv1a64(seed.as_bytes()) | 1;
-        let mut i = new_inode_item(node, generation);
-        if let Some(t) = target {
-            i.size = (t.len() as u64).into();
-            for (nr, chunk) in t.chunks(BTREE_MAX_VAL_LEN).enumerate() {
-                inner
-                    .client
-                    .put(symlink_key(ino, nr as u64), chunk.to_vec(), wseq)?;
+            if let Some(existing) = find_entry(&mut inner.client, dir, name)? {
+                let e = existing.hdr.ino.get();
+                let i = read_inode(&mut inner.client, e)?.ok_or(FsError::Stale)?;
+                if exclusive || FileType::from_mode(i.mode.get()) != Some(node.kind) {
+                    return Err(FsError::Exists);
+                }
+                return Ok(Attr::from_item(e, &i));
             }
-        }
-        write_inode(&mut inner.client, ino, &mut i, Change::Data, wseq)?;
-        let t = Target {
-            ino,
-            generation,
-            dtype: node.kind.dtype(),
-        };
-        add_entry(&mut inner.client, dir, &mut d, name, t, wseq)?;
-        if node.kind == FileType::Directory {
-            d.nlink = (d.nlink.get() + 1).into();
-        }
-        touch(&mut d);
-        write_inode(&mut inner.client, dir, &mut d, Change::Meta, wseq)?;
-        inner.client.add_inode_count(1);
-        self.maybe_commit(inner)?;
-        Ok(Attr::from_item(ino, &i))
+            if node.kind == FileType::Directory && d.nlink.get() >= i32::MAX as u32 {
+                return Err(FsError::TooManyLinks);
+            }
+            let seed = [inner.client.rid(), ino, inner.client.trans_seq()];
+            let generation = fnv1a64(seed.as_bytes()) | 1;
+            let mut i = new_inode_item(node, generation);
+            if let Some(t) = target {
+                i.size = (t.len() as u64).into();
+                for (nr, chunk) in t.chunks(BTREE_MAX_VAL_LEN).enumerate() {
+                    inner
+                        .client
+                        .put(symlink_key(ino, nr as u64), chunk.to_vec(), wseq)?;
+                }
+            }
+            write_inode(&mut inner.client, ino, &mut i, Change::Data, wseq)?;
+            let t = Target {
+                ino,
+                generation,
+                dtype: node.kind.dtype(),
+            };
+            add_entry(&mut inner.client, dir, &mut d, name, t, wseq)?;
+            if node.kind == FileType::Directory {
+                d.nlink = (d.nlink.get() + 1).into();
+            }
+            touch(&mut d);
+            write_inode(&mut inner.client, dir, &mut d, Change::Meta, wseq)?;
+            inner.client.add_inode_count(1);
+            self.maybe_commit(inner)?;
+            Ok(Attr::from_item(ino, &i))
+        })
     }
 
     /// The target of a symbolic link.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let _l = self.lock_inodes(inner, &[ino], LockMode::Read)?;
-        let i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
-        if FileType::from_mode(i.mode.get()) != Some(FileType::Symlink) {
-            return Err(FsError::Invalid("not a symbolic link"));
-        }
-        let items = inner
-            .client
-            .range(&symlink_key(ino, 0), &symlink_key(ino, u64::MAX))?;
-        let target: Vec<u8> = items.into_iter().flat_map(|it| it.val).collect();
-        if target.len() as u64 != i.size.get() {
-            return Err(FsError::Corrupt(format!("symlink {ino}: target length")));
-        }
-        Ok(target)
+        self.retry(|| {
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let _l = self.lock_inodes(inner, &[ino], LockMode::Read)?;
+            let i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
+            if FileType::from_mode(i.mode.get()) != Some(FileType::Symlink) {
+                return Err(FsError::Invalid("not a symbolic link"));
+            }
+            let items = inner
+                .client
+                .range(&symlink_key(ino, 0), &symlink_key(ino, u64::MAX))?;
+            let target: Vec<u8> = items.into_iter().flat_map(|it| it.val).collect();
+            if target.len() as u64 != i.size.get() {
+                return Err(FsError::Corrupt(format!("symlink {ino}: target length")));
+            }
+            Ok(target)
+        })
     }
 
     /// Add a hard link to `ino` as `name` in `dir`.
     pub fn link(&self, ino: u64, dir: u64, name: &[u8]) -> Result<Attr, FsError> {
-        check_name(name)?;
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let held = self.lock_inodes(inner, &[dir, ino], LockMode::Write)?;
-        let wseq = held.write_seq();
-        let mut d = dir_inode(&mut inner.client, dir)?;
-        let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
-        if is_dir(&i) {
-            return Err(FsError::Errno(super::types::libc_errno::EPERM));
-        }
-        if i.nlink.get() == 0 || d.nlink.get() == 0 {
-            return Err(FsError::NotFound);
-        }
-        if i.nlink.get() >= i32::MAX as u32 {
-            return Err(FsError::TooManyLinks);
-        }
-        if find_entry(&mut inner.client, dir, name)?.is_some() {
-            return Err(FsError::Exists);
-        }
-        let dtype = FileType::from_mode(i.mode.get()).map_or(0, |k| k.dtype());
-        let t = Target {
-            ino,
-            generation: i.generation.get(),
-            dtype,
-        };
-        add_entry(&mut inner.client, dir, &mut d, name, t, wseq)?;
-        i.nlink = (i.nlink.get() + 1).into();
-        i.ctime = Time::now().to_disk();
-        touch(&mut d);
-        write_inode(&mut inner.client, ino, &mut i, Change::Meta, wseq)?;
-        write_inode(&mut inner.client, dir, &mut d, Change::Meta, wseq)?;
-        self.maybe_commit(inner)?;
-        Ok(Attr::from_item(ino, &i))
+        self.retry(|| {
+            check_name(name)?;
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let held = self.lock_inodes(inner, &[dir, ino], LockMode::Write)?;
+            let wseq = held.write_seq();
+            let mut d = dir_inode(&mut inner.client, dir)?;
+            let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
+            if is_dir(&i) {
+                return Err(FsError::Errno(super::types::libc_errno::EPERM));
+            }
+            if i.nlink.get() == 0 || d.nlink.get() == 0 {
+                return Err(FsError::NotFound);
+            }
+            if i.nlink.get() >= i32::MAX as u32 {
+                return Err(FsError::TooManyLinks);
+            }
+            if find_entry(&mut inner.client, dir, name)?.is_some() {
+                return Err(FsError::Exists);
+            }
+            let dtype = FileType::from_mode(i.mode.get()).map_or(0, |k| k.dtype());
+            let t = Target {
+                ino,
+                generation: i.generation.get(),
+                dtype,
+            };
+            add_entry(&mut inner.client, dir, &mut d, name, t, wseq)?;
+            i.nlink = (i.nlink.get() + 1).into();
+            i.ctime = Time::now().to_disk();
+            touch(&mut d);
+            write_inode(&mut inner.client, ino, &mut i, Change::Meta, wseq)?;
+            write_inode(&mut inner.client, dir, &mut d, Change::Meta, wseq)?;
+            self.maybe_commit(inner)?;
+            Ok(Attr::from_item(ino, &i))
+        })
     }
 
     /// Remove a non-directory entry.
@@ -354,48 +363,50 @@ impl Fs {
     }
 
     fn remove(&self, dir: u64, name: &[u8], want_dir: bool) -> Result<(), FsError> {
-        if name == b"." {
-            return Err(FsError::Invalid("cannot remove \".\""));
-        }
-        if name == b".." {
-            return Err(FsError::NotEmpty);
-        }
-        check_name(name)?;
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let held = self.lock_inodes(inner, &[dir], LockMode::Write)?;
-        let mut d = dir_inode(&mut inner.client, dir)?;
-        let e = find_entry(&mut inner.client, dir, name)?.ok_or(FsError::NotFound)?;
-        let ino = e.hdr.ino.get();
-        let held2 = self.lock_inodes(inner, &[ino], LockMode::Write)?;
-        let wseq = held.write_seq().max(held2.write_seq());
-        let mut i = read_inode(&mut inner.client, ino)?
-            .ok_or_else(|| FsError::Corrupt(format!("entry names missing inode {ino}")))?;
-        match (want_dir, is_dir(&i)) {
-            (false, true) => return Err(FsError::IsDir),
-            (true, false) => return Err(FsError::NotDir),
-            (true, true) if !is_empty_dir(&mut inner.client, ino)? => {
-                return Err(FsError::NotEmpty)
+        self.retry(|| {
+            if name == b"." {
+                return Err(FsError::Invalid("cannot remove \".\""));
             }
-            _ => {}
-        }
-        remove_entry(&mut inner.client, dir, &mut d, &e, wseq)?;
-        if want_dir {
-            d.nlink = d.nlink.get().saturating_sub(1).into();
-            i.nlink = 0.into();
-        } else {
-            i.nlink = i.nlink.get().saturating_sub(1).into();
-        }
-        touch(&mut d);
-        write_inode(&mut inner.client, dir, &mut d, Change::Meta, wseq)?;
-        if i.nlink.get() == 0 {
-            delete_inode(&mut inner.client, ino, &i, wseq)?;
-        } else {
-            i.ctime = Time::now().to_disk();
-            write_inode(&mut inner.client, ino, &mut i, Change::Meta, wseq)?;
-        }
-        self.maybe_commit(inner)?;
-        Ok(())
+            if name == b".." {
+                return Err(FsError::NotEmpty);
+            }
+            check_name(name)?;
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let held = self.lock_inodes(inner, &[dir], LockMode::Write)?;
+            let mut d = dir_inode(&mut inner.client, dir)?;
+            let e = find_entry(&mut inner.client, dir, name)?.ok_or(FsError::NotFound)?;
+            let ino = e.hdr.ino.get();
+            let held2 = self.lock_inodes(inner, &[ino], LockMode::Write)?;
+            let wseq = held.write_seq().max(held2.write_seq());
+            let mut i = read_inode(&mut inner.client, ino)?
+                .ok_or_else(|| FsError::Corrupt(format!("entry names missing inode {ino}")))?;
+            match (want_dir, is_dir(&i)) {
+                (false, true) => return Err(FsError::IsDir),
+                (true, false) => return Err(FsError::NotDir),
+                (true, true) if !is_empty_dir(&mut inner.client, ino)? => {
+                    return Err(FsError::NotEmpty)
+                }
+                _ => {}
+            }
+            remove_entry(&mut inner.client, dir, &mut d, &e, wseq)?;
+            if want_dir {
+                d.nlink = d.nlink.get().saturating_sub(1).into();
+                i.nlink = 0.into();
+            } else {
+                i.nlink = i.nlink.get().saturating_sub(1).into();
+            }
+            touch(&mut d);
+            write_inode(&mut inner.client, dir, &mut d, Change::Meta, wseq)?;
+            if i.nlink.get() == 0 {
+                delete_inode(&mut inner.client, ino, &i, wseq)?;
+            } else {
+                i.ctime = Time::now().to_disk();
+                write_inode(&mut inner.client, ino, &mut i, Change::Meta, wseq)?;
+            }
+            self.maybe_commit(inner)?;
+            Ok(())
+        })
     }
 
     /// Rename `src_dir/src_name` to `dst_dir/dst_name`, replacing a compatible target.
@@ -406,174 +417,180 @@ impl Fs {
         dst_dir: u64,
         dst_name: &[u8],
     ) -> Result<(), FsError> {
-        check_name(src_name)?;
-        check_name(dst_name)?;
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        // Cross-directory renames take the global rename lock first (it orders them).
-        let rename_key = Key::new(crate::format::key::zone::LOCK, 0, 4, 0, 0, 0);
-        let _global = if src_dir != dst_dir {
-            Some(self.lock_keys(inner, &[rename_key], LockMode::Write)?)
-        } else {
-            None
-        };
-        let held = self.lock_inodes(inner, &[src_dir, dst_dir], LockMode::Write)?;
-        let mut sd = dir_inode(&mut inner.client, src_dir)?;
-        let mut dd = if dst_dir == src_dir {
-            sd
-        } else {
-            dir_inode(&mut inner.client, dst_dir)?
-        };
-        let se = find_entry(&mut inner.client, src_dir, src_name)?.ok_or(FsError::NotFound)?;
-        let src = se.hdr.ino.get();
-        let de = find_entry(&mut inner.client, dst_dir, dst_name)?;
-        let mut inos = vec![src];
-        if let Some(d) = &de {
-            inos.push(d.hdr.ino.get());
-        }
-        let held2 = self.lock_inodes(inner, &inos, LockMode::Write)?;
-        let wseq = held.write_seq().max(held2.write_seq());
-        let mut si = read_inode(&mut inner.client, src)?.ok_or(FsError::Stale)?;
-        let src_is_dir = is_dir(&si);
-        if let Some(d) = &de {
-            if d.hdr.ino.get() == src {
-                // Two names of the same inode: nothing to do.
-                return Ok(());
-            }
-        }
-        if src_is_dir {
-            // A directory may not move below itself.
-            let mut p = dst_dir;
-            loop {
-                if p == src {
-                    return Err(FsError::Invalid("directory moved below itself"));
-                }
-                if p == ROOT_INO {
-                    break;
-                }
-                p = parent_of(&mut inner.client, p)?;
-            }
-        }
-        let same_dir = src_dir == dst_dir;
-        if let Some(d) = &de {
-            let t = d.hdr.ino.get();
-            let mut ti = read_inode(&mut inner.client, t)?.ok_or(FsError::Stale)?;
-            match (src_is_dir, is_dir(&ti)) {
-                (true, false) => return Err(FsError::NotDir),
-                (false, true) => return Err(FsError::IsDir),
-                (true, true) if !is_empty_dir(&mut inner.client, t)? => {
-                    return Err(FsError::NotEmpty)
-                }
-                _ => {}
-            }
-            remove_entry(&mut inner.client, dst_dir, &mut dd, d, wseq)?;
-            if is_dir(&ti) {
-                dd.nlink = dd.nlink.get().saturating_sub(1).into();
-                ti.nlink = 0.into();
+        self.retry(|| {
+            check_name(src_name)?;
+            check_name(dst_name)?;
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            // Cross-directory renames take the global rename lock first (it orders them).
+            let rename_key = Key::new(crate::format::key::zone::LOCK, 0, 4, 0, 0, 0);
+            let _global = if src_dir != dst_dir {
+                Some(self.lock_keys(inner, &[rename_key], LockMode::Write)?)
             } else {
-                ti.nlink = ti.nlink.get().saturating_sub(1).into();
-            }
-            if ti.nlink.get() == 0 {
-                delete_inode(&mut inner.client, t, &ti, wseq)?;
+                None
+            };
+            let held = self.lock_inodes(inner, &[src_dir, dst_dir], LockMode::Write)?;
+            let mut sd = dir_inode(&mut inner.client, src_dir)?;
+            let mut dd = if dst_dir == src_dir {
+                sd
             } else {
-                ti.ctime = Time::now().to_disk();
-                write_inode(&mut inner.client, t, &mut ti, Change::Meta, wseq)?;
+                dir_inode(&mut inner.client, dst_dir)?
+            };
+            let se = find_entry(&mut inner.client, src_dir, src_name)?.ok_or(FsError::NotFound)?;
+            let src = se.hdr.ino.get();
+            let de = find_entry(&mut inner.client, dst_dir, dst_name)?;
+            let mut inos = vec![src];
+            if let Some(d) = &de {
+                inos.push(d.hdr.ino.get());
             }
-        }
-        if same_dir {
-            remove_entry(&mut inner.client, src_dir, &mut dd, &se, wseq)?;
-        } else {
-            remove_entry(&mut inner.client, src_dir, &mut sd, &se, wseq)?;
-        }
-        let dtype = FileType::from_mode(si.mode.get()).map_or(0, |k| k.dtype());
-        let t = Target {
-            ino: src,
-            generation: si.generation.get(),
-            dtype,
-        };
-        add_entry(&mut inner.client, dst_dir, &mut dd, dst_name, t, wseq)?;
-        if src_is_dir && !same_dir {
-            sd.nlink = sd.nlink.get().saturating_sub(1).into();
-            dd.nlink = (dd.nlink.get() + 1).into();
-        }
-        si.ctime = Time::now().to_disk();
-        write_inode(&mut inner.client, src, &mut si, Change::Meta, wseq)?;
-        touch(&mut dd);
-        write_inode(&mut inner.client, dst_dir, &mut dd, Change::Meta, wseq)?;
-        if !same_dir {
-            touch(&mut sd);
-            write_inode(&mut inner.client, src_dir, &mut sd, Change::Meta, wseq)?;
-        }
-        self.maybe_commit(inner)?;
-        Ok(())
+            let held2 = self.lock_inodes(inner, &inos, LockMode::Write)?;
+            let wseq = held.write_seq().max(held2.write_seq());
+            let mut si = read_inode(&mut inner.client, src)?.ok_or(FsError::Stale)?;
+            let src_is_dir = is_dir(&si);
+            if let Some(d) = &de {
+                if d.hdr.ino.get() == src {
+                    // Two names of the same inode: nothing to do.
+                    return Ok(());
+                }
+            }
+            if src_is_dir {
+                // A directory may not move below itself.
+                let mut p = dst_dir;
+                loop {
+                    if p == src {
+                        return Err(FsError::Invalid("directory moved below itself"));
+                    }
+                    if p == ROOT_INO {
+                        break;
+                    }
+                    p = parent_of(&mut inner.client, p)?;
+                }
+            }
+            let same_dir = src_dir == dst_dir;
+            if let Some(d) = &de {
+                let t = d.hdr.ino.get();
+                let mut ti = read_inode(&mut inner.client, t)?.ok_or(FsError::Stale)?;
+                match (src_is_dir, is_dir(&ti)) {
+                    (true, false) => return Err(FsError::NotDir),
+                    (false, true) => return Err(FsError::IsDir),
+                    (true, true) if !is_empty_dir(&mut inner.client, t)? => {
+                        return Err(FsError::NotEmpty)
+                    }
+                    _ => {}
+                }
+                remove_entry(&mut inner.client, dst_dir, &mut dd, d, wseq)?;
+                if is_dir(&ti) {
+                    dd.nlink = dd.nlink.get().saturating_sub(1).into();
+                    ti.nlink = 0.into();
+                } else {
+                    ti.nlink = ti.nlink.get().saturating_sub(1).into();
+                }
+                if ti.nlink.get() == 0 {
+                    delete_inode(&mut inner.client, t, &ti, wseq)?;
+                } else {
+                    ti.ctime = Time::now().to_disk();
+                    write_inode(&mut inner.client, t, &mut ti, Change::Meta, wseq)?;
+                }
+            }
+            if same_dir {
+                remove_entry(&mut inner.client, src_dir, &mut dd, &se, wseq)?;
+            } else {
+                remove_entry(&mut inner.client, src_dir, &mut sd, &se, wseq)?;
+            }
+            let dtype = FileType::from_mode(si.mode.get()).map_or(0, |k| k.dtype());
+            let t = Target {
+                ino: src,
+                generation: si.generation.get(),
+                dtype,
+            };
+            add_entry(&mut inner.client, dst_dir, &mut dd, dst_name, t, wseq)?;
+            if src_is_dir && !same_dir {
+                sd.nlink = sd.nlink.get().saturating_sub(1).into();
+                dd.nlink = (dd.nlink.get() + 1).into();
+            }
+            si.ctime = Time::now().to_disk();
+            write_inode(&mut inner.client, src, &mut si, Change::Meta, wseq)?;
+            touch(&mut dd);
+            write_inode(&mut inner.client, dst_dir, &mut dd, Change::Meta, wseq)?;
+            if !same_dir {
+                touch(&mut sd);
+                write_inode(&mut inner.client, src_dir, &mut sd, Change::Meta, wseq)?;
+            }
+            self.maybe_commit(inner)?;
+            Ok(())
+        })
     }
 
     /// Up to `max` entries of `dir` after `cookie` (0 starts; "." and ".." are not listed).
     pub fn readdir(&self, dir: u64, cookie: u64, max: usize) -> Result<DirPage, FsError> {
-        // A page always makes progress: asking for none gets one.
-        let max = max.max(1);
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let _l = self.lock_inodes(inner, &[dir], LockMode::Read)?;
-        dir_inode(&mut inner.client, dir)?;
-        let from = readdir_key(dir, cookie.saturating_add(1));
-        let end = readdir_key(dir, u64::MAX);
-        // One merged scan for the page (plus one entry to learn whether more follow), not a
-        // walk from the roots per entry.
-        let items = inner.client.scan(&from, &end, max.saturating_add(1))?;
-        let eof = items.len() <= max;
-        let mut entries = Vec::with_capacity(items.len().min(max));
-        for it in items.into_iter().take(max) {
-            let d = decode_dirent(&it.val)?;
-            entries.push(DirEntry {
-                kind: dtype_kind(d.hdr.dtype),
-                name: d.name,
-                ino: d.hdr.ino.get(),
-                generation: d.hdr.generation.get(),
-                cookie: d.hdr.pos.get(),
-            });
-        }
-        Ok(DirPage { entries, eof })
+        self.retry(|| {
+            // A page always makes progress: asking for none gets one.
+            let max = max.max(1);
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let _l = self.lock_inodes(inner, &[dir], LockMode::Read)?;
+            dir_inode(&mut inner.client, dir)?;
+            let from = readdir_key(dir, cookie.saturating_add(1));
+            let end = readdir_key(dir, u64::MAX);
+            // One merged scan for the page (plus one entry to learn whether more follow), not a
+            // walk from the roots per entry.
+            let items = inner.client.scan(&from, &end, max.saturating_add(1))?;
+            let eof = items.len() <= max;
+            let mut entries = Vec::with_capacity(items.len().min(max));
+            for it in items.into_iter().take(max) {
+                let d = decode_dirent(&it.val)?;
+                entries.push(DirEntry {
+                    kind: dtype_kind(d.hdr.dtype),
+                    name: d.name,
+                    ino: d.hdr.ino.get(),
+                    generation: d.hdr.generation.get(),
+                    cookie: d.hdr.pos.get(),
+                });
+            }
+            Ok(DirPage { entries, eof })
+        })
     }
 
     /// Every path of `ino` (one per hard link), found through link back-references.
     pub fn ino_paths(&self, ino: u64, max: usize) -> Result<Vec<Vec<u8>>, FsError> {
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        if ino == ROOT_INO {
-            return Ok(vec![b"/".to_vec()]);
-        }
-        let refs = inner.client.range(
-            &backref_key(ino, 0, 0),
-            &backref_key(ino, u64::MAX, u64::MAX),
-        )?;
-        let mut out = Vec::new();
-        for r in refs.into_iter().take(max) {
-            let d = decode_dirent(&r.val)?;
-            let mut parts = vec![d.name];
-            let mut p = r.key.second.get();
-            let mut depth = 0;
-            while p != ROOT_INO {
-                let first = backref_key(p, 0, 0);
-                let last = backref_key(p, u64::MAX, u64::MAX);
-                let Some(up) = inner.client.next(&first, &last)? else {
-                    break;
-                };
-                parts.push(decode_dirent(&up.val)?.name);
-                p = up.key.second.get();
-                depth += 1;
-                if depth > 4096 {
-                    return Err(FsError::Corrupt(format!("path of {ino} loops")));
+        self.retry(|| {
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            if ino == ROOT_INO {
+                return Ok(vec![b"/".to_vec()]);
+            }
+            let refs = inner.client.range(
+                &backref_key(ino, 0, 0),
+                &backref_key(ino, u64::MAX, u64::MAX),
+            )?;
+            let mut out = Vec::new();
+            for r in refs.into_iter().take(max) {
+                let d = decode_dirent(&r.val)?;
+                let mut parts = vec![d.name];
+                let mut p = r.key.second.get();
+                let mut depth = 0;
+                while p != ROOT_INO {
+                    let first = backref_key(p, 0, 0);
+                    let last = backref_key(p, u64::MAX, u64::MAX);
+                    let Some(up) = inner.client.next(&first, &last)? else {
+                        break;
+                    };
+                    parts.push(decode_dirent(&up.val)?.name);
+                    p = up.key.second.get();
+                    depth += 1;
+                    if depth > 4096 {
+                        return Err(FsError::Corrupt(format!("path of {ino} loops")));
+                    }
                 }
+                let mut path = Vec::new();
+                for part in parts.iter().rev() {
+                    path.push(b'/');
+                    path.extend_from_slice(part);
+                }
+                out.push(path);
             }
-            let mut path = Vec::new();
-            for part in parts.iter().rev() {
-                path.push(b'/');
-                path.extend_from_slice(part);
-            }
-            out.push(path);
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 }
 

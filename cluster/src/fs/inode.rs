@@ -143,10 +143,12 @@ fn apply_time(t: SetTime) -> crate::format::Timespec {
 impl Fs {
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
-        let mut inner = self.inner();
-        let _l = self.lock_inodes(&inner, &[ino], LockMode::Read)?;
-        let i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
-        Ok(Attr::from_item(ino, &i))
+        self.retry(|| {
+            let mut inner = self.inner();
+            let _l = self.lock_inodes(&mut inner, &[ino], LockMode::Read)?;
+            let i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
+            Ok(Attr::from_item(ino, &i))
+        })
     }
 
     /// Attributes of `ino` if it is still the inode of generation `generation`; a deleted
@@ -161,43 +163,45 @@ impl Fs {
 
     /// Change attributes; a size change truncates or extends (sparse).
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr, FsError> {
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
-        let wseq = held.write_seq();
-        let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
-        let mut change = super::inode::Change::Meta;
-        if let Some(size) = set.size {
-            match FileType::from_mode(i.mode.get()) {
-                Some(FileType::Regular) => {}
-                Some(FileType::Directory) => return Err(FsError::IsDir),
-                _ => return Err(FsError::Invalid("size of a non-regular file")),
+        self.retry(|| {
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
+            let wseq = held.write_seq();
+            let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
+            let mut change = super::inode::Change::Meta;
+            if let Some(size) = set.size {
+                match FileType::from_mode(i.mode.get()) {
+                    Some(FileType::Regular) => {}
+                    Some(FileType::Directory) => return Err(FsError::IsDir),
+                    _ => return Err(FsError::Invalid("size of a non-regular file")),
+                }
+                if size != i.size.get() {
+                    self.truncate_locked(inner, ino, &mut i, size, wseq)?;
+                    change = super::inode::Change::Data;
+                    let now = Time::now().to_disk();
+                    i.mtime = now;
+                }
             }
-            if size != i.size.get() {
-                self.truncate_locked(inner, ino, &mut i, size, wseq)?;
-                change = super::inode::Change::Data;
-                let now = Time::now().to_disk();
-                i.mtime = now;
+            if let Some(mode) = set.mode {
+                i.mode = ((i.mode.get() & super::types::S_IFMT) | (mode & 0o7777)).into();
             }
-        }
-        if let Some(mode) = set.mode {
-            i.mode = ((i.mode.get() & super::types::S_IFMT) | (mode & 0o7777)).into();
-        }
-        if let Some(uid) = set.uid {
-            i.uid = uid.into();
-        }
-        if let Some(gid) = set.gid {
-            i.gid = gid.into();
-        }
-        if let Some(t) = set.atime {
-            i.atime = apply_time(t);
-        }
-        if let Some(t) = set.mtime {
-            i.mtime = apply_time(t);
-        }
-        i.ctime = Time::now().to_disk();
-        write_inode(&mut inner.client, ino, &mut i, change, wseq)?;
-        self.maybe_commit(inner)?;
-        Ok(Attr::from_item(ino, &i))
+            if let Some(uid) = set.uid {
+                i.uid = uid.into();
+            }
+            if let Some(gid) = set.gid {
+                i.gid = gid.into();
+            }
+            if let Some(t) = set.atime {
+                i.atime = apply_time(t);
+            }
+            if let Some(t) = set.mtime {
+                i.mtime = apply_time(t);
+            }
+            i.ctime = Time::now().to_disk();
+            write_inode(&mut inner.client, ino, &mut i, change, wseq)?;
+            self.maybe_commit(inner)?;
+            Ok(Attr::from_item(ino, &i))
+        })
     }
 }

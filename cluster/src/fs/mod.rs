@@ -67,6 +67,8 @@ pub(crate) struct Inner {
     pub ino_end: u64,
     /// Data blocks written since the last commit (flush the data device before committing).
     pub data_dirty: bool,
+    /// The lock client's grant generation when the roots were last sampled.
+    pub seen_grant_gen: u64,
 }
 
 /// A mounted filesystem.
@@ -128,6 +130,7 @@ impl Fs {
                 ino_next: 0,
                 ino_end: 0,
                 data_dirty: false,
+                seen_grant_gen: 0,
             }),
             data: DataDev::new(data_dev),
             locks,
@@ -158,7 +161,7 @@ impl Fs {
     /// Lock the groups of `inos` (deduplicated, in key order) in `mode`.
     pub(crate) fn lock_inodes(
         &self,
-        inner: &Inner,
+        inner: &mut Inner,
         inos: &[u64],
         mode: LockMode,
     ) -> Result<Held<'_>, FsError> {
@@ -171,9 +174,13 @@ impl Fs {
         self.lock_keys(inner, &keys, mode)
     }
 
+    /// Use held grants of `keys` in `mode`. A grant not held is [`FsError::LockWait`]: the
+    /// operation unwinds (it has changed nothing yet) and [`Fs::retry`] waits for the grant
+    /// outside the mount mutex. After new grants arrived the roots are sampled again, so
+    /// items other nodes committed before giving up their locks are seen.
     pub(crate) fn lock_keys(
         &self,
-        inner: &Inner,
+        inner: &mut Inner,
         keys: &[Key],
         mode: LockMode,
     ) -> Result<Held<'_>, FsError> {
@@ -183,13 +190,61 @@ impl Fs {
         };
         let seq = inner.client.trans_seq();
         for k in keys {
-            held.held.push(
-                self.locks
-                    .lock(k, mode, seq)
-                    .map_err(|e| FsError::Io(e.to_string()))?,
-            );
+            match self
+                .locks
+                .try_lock(k, mode, seq)
+                .map_err(|e| FsError::Io(e.to_string()))?
+            {
+                Some(l) => held.held.push(l),
+                None => return Err(FsError::LockWait { key: *k, mode }),
+            }
+        }
+        let gen = self.locks.grant_gen();
+        if gen != inner.seen_grant_gen {
+            inner.client.refresh_roots()?;
+            inner.seen_grant_gen = gen;
         }
         Ok(held)
+    }
+
+    /// Run an operation, waiting for lock grants it lacked and running it again.
+    pub(crate) fn retry<R>(
+        &self,
+        mut op: impl FnMut() -> Result<R, FsError>,
+    ) -> Result<R, FsError> {
+        loop {
+            match op() {
+                Err(FsError::LockWait { key, mode }) => self
+                    .locks
+                    .wait_grant(&key, mode)
+                    .map_err(|e| FsError::Io(e.to_string()))?,
+                other => return other,
+            }
+        }
+    }
+
+    /// Give up cached state under a lock another node wants (called by the lock client's
+    /// invalidation worker, never under the mount mutex): once no operation runs, commit
+    /// the open transaction if the old mode could write (so the other node reads what this
+    /// one wrote), wait for reads in flight, and unless only downgrading to read, forget
+    /// remembered committed items.
+    pub fn invalidate_lock(
+        &self,
+        _start: &Key,
+        _end: &Key,
+        old: LockMode,
+        new: LockMode,
+    ) -> Result<(), FsError> {
+        let mut inner = self.inner();
+        if matches!(old, LockMode::Write | LockMode::WriteOnly) {
+            self.commit_locked(&mut inner)?;
+        } else {
+            drop(self.data_readers.write().unwrap_or_else(|p| p.into_inner()));
+        }
+        if new == LockMode::Null {
+            inner.client.drop_clean_items();
+        }
+        Ok(())
     }
 
     /// Commit if the open transaction has grown past its limit.

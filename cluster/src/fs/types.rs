@@ -45,6 +45,15 @@ pub enum FsError {
     Io(String),
     #[error("metadata corruption: {0}")]
     Corrupt(String),
+    /// Internal: the operation needs a lock grant this node does not hold. `Fs` operations
+    /// catch it, wait for the grant without the mount mutex and start over; callers of the
+    /// public API never see it.
+    #[doc(hidden)]
+    #[error("waiting for a cluster lock grant")]
+    LockWait {
+        key: crate::format::Key,
+        mode: crate::lock::LockMode,
+    },
 }
 
 impl FsError {
@@ -69,6 +78,7 @@ impl FsError {
             FsError::Errno(e) => *e,
             FsError::Io(_) => libc_errno::EIO,
             FsError::Corrupt(_) => libc_errno::EIO,
+            FsError::LockWait { .. } => libc_errno::EAGAIN,
         }
     }
 }

@@ -120,14 +120,16 @@ pub(crate) fn drop_srch_entry(
 impl Fs {
     /// The value of xattr `name`.
     pub fn get_xattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
-        check_name(name)?;
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let _l = self.lock_inodes(inner, &[ino], LockMode::Read)?;
-        read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
-        Ok(find(&mut inner.client, ino, name)?
-            .ok_or(FsError::NoAttr)?
-            .value)
+        self.retry(|| {
+            check_name(name)?;
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let _l = self.lock_inodes(inner, &[ino], LockMode::Read)?;
+            read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
+            Ok(find(&mut inner.client, ino, name)?
+                .ok_or(FsError::NoAttr)?
+                .value)
+        })
     }
 
     /// Set xattr `name` to `value` (up to 64 KiB).
@@ -138,121 +140,129 @@ impl Fs {
         value: &[u8],
         how: XattrSet,
     ) -> Result<(), FsError> {
-        check_name(name)?;
-        if value.len() > XATTR_VALUE_MAX {
-            return Err(FsError::Errno(7)); // E2BIG
-        }
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
-        let wseq = held.write_seq();
-        let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
-        let old = find(&mut inner.client, ino, name)?;
-        match (&old, how) {
-            (Some(_), XattrSet::Create) => return Err(FsError::Exists),
-            (None, XattrSet::Replace) => return Err(FsError::NoAttr),
-            _ => {}
-        }
-        let hash = name_hash(name);
-        let srch = name.starts_with(SRCH_PREFIX);
-        if let Some(o) = &old {
-            for k in &o.parts {
-                inner.client.delete(*k, wseq)?;
+        self.retry(|| {
+            check_name(name)?;
+            if value.len() > XATTR_VALUE_MAX {
+                return Err(FsError::Errno(7)); // E2BIG
+            }
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
+            let wseq = held.write_seq();
+            let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
+            let old = find(&mut inner.client, ino, name)?;
+            match (&old, how) {
+                (Some(_), XattrSet::Create) => return Err(FsError::Exists),
+                (None, XattrSet::Replace) => return Err(FsError::NoAttr),
+                _ => {}
+            }
+            let hash = name_hash(name);
+            let srch = name.starts_with(SRCH_PREFIX);
+            if let Some(o) = &old {
+                for k in &o.parts {
+                    inner.client.delete(*k, wseq)?;
+                }
+                if srch {
+                    inner.client.delete(srch_key(hash, ino, o.id), wseq)?;
+                }
+            }
+            let id = i.next_xattr_id.get();
+            i.next_xattr_id = (id + 1).into();
+            let h = XattrHeader {
+                val_len: (value.len() as u32).into(),
+                name_len: (name.len() as u16).into(),
+                _pad: [0; 2],
+            };
+            let mut bytes = h.as_bytes().to_vec();
+            bytes.extend_from_slice(name);
+            bytes.extend_from_slice(value);
+            for (part, chunk) in bytes.chunks(BTREE_MAX_VAL_LEN).enumerate() {
+                inner
+                    .client
+                    .put(xattr_key(ino, hash, id, part as u8), chunk.to_vec(), wseq)?;
             }
             if srch {
-                inner.client.delete(srch_key(hash, ino, o.id), wseq)?;
+                inner
+                    .client
+                    .put(srch_key(hash, ino, id), Vec::new(), wseq)?;
             }
-        }
-        let id = i.next_xattr_id.get();
-        i.next_xattr_id = (id + 1).into();
-        let h = XattrHeader {
-            val_len: (value.len() as u32).into(),
-            name_len: (name.len() as u16).into(),
-            _pad: [0; 2],
-        };
-        let mut bytes = h.as_bytes().to_vec();
-        bytes.extend_from_slice(name);
-        bytes.extend_from_slice(value);
-        for (part, chunk) in bytes.chunks(BTREE_MAX_VAL_LEN).enumerate() {
-            inner
-                .client
-                .put(xattr_key(ino, hash, id, part as u8), chunk.to_vec(), wseq)?;
-        }
-        if srch {
-            inner
-                .client
-                .put(srch_key(hash, ino, id), Vec::new(), wseq)?;
-        }
-        i.ctime = Time::now().to_disk();
-        write_inode(&mut inner.client, ino, &mut i, Change::Meta, wseq)?;
-        self.maybe_commit(inner)?;
-        Ok(())
+            i.ctime = Time::now().to_disk();
+            write_inode(&mut inner.client, ino, &mut i, Change::Meta, wseq)?;
+            self.maybe_commit(inner)?;
+            Ok(())
+        })
     }
 
     /// Remove xattr `name`.
     pub fn remove_xattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
-        check_name(name)?;
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
-        let wseq = held.write_seq();
-        let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
-        let o = find(&mut inner.client, ino, name)?.ok_or(FsError::NoAttr)?;
-        for k in &o.parts {
-            inner.client.delete(*k, wseq)?;
-        }
-        if name.starts_with(SRCH_PREFIX) {
-            inner
-                .client
-                .delete(srch_key(name_hash(name), ino, o.id), wseq)?;
-        }
-        i.ctime = Time::now().to_disk();
-        write_inode(&mut inner.client, ino, &mut i, Change::Meta, wseq)?;
-        self.maybe_commit(inner)?;
-        Ok(())
+        self.retry(|| {
+            check_name(name)?;
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
+            let wseq = held.write_seq();
+            let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
+            let o = find(&mut inner.client, ino, name)?.ok_or(FsError::NoAttr)?;
+            for k in &o.parts {
+                inner.client.delete(*k, wseq)?;
+            }
+            if name.starts_with(SRCH_PREFIX) {
+                inner
+                    .client
+                    .delete(srch_key(name_hash(name), ino, o.id), wseq)?;
+            }
+            i.ctime = Time::now().to_disk();
+            write_inode(&mut inner.client, ino, &mut i, Change::Meta, wseq)?;
+            self.maybe_commit(inner)?;
+            Ok(())
+        })
     }
 
     /// Names of the xattrs of `ino`, without `scoutfs.hide.` ones.
     pub fn list_xattrs(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let _l = self.lock_inodes(inner, &[ino], LockMode::Read)?;
-        read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
-        let items = inner.client.range(
-            &xattr_key(ino, 0, 0, 0),
-            &xattr_key(ino, u64::MAX, u64::MAX, u8::MAX),
-        )?;
-        let mut names = Vec::new();
-        for it in items.iter().filter(|it| it.key.fourth == 0) {
-            let (h, rest) = XattrHeader::read_from_prefix(&it.val)
-                .map_err(|_| FsError::Corrupt(format!("xattr of inode {ino}")))?;
-            let nl = (h.name_len.get() as usize).min(rest.len());
-            let name = rest[..nl].to_vec();
-            if !name.starts_with(HIDE_PREFIX) {
-                names.push(name);
+        self.retry(|| {
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let _l = self.lock_inodes(inner, &[ino], LockMode::Read)?;
+            read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
+            let items = inner.client.range(
+                &xattr_key(ino, 0, 0, 0),
+                &xattr_key(ino, u64::MAX, u64::MAX, u8::MAX),
+            )?;
+            let mut names = Vec::new();
+            for it in items.iter().filter(|it| it.key.fourth == 0) {
+                let (h, rest) = XattrHeader::read_from_prefix(&it.val)
+                    .map_err(|_| FsError::Corrupt(format!("xattr of inode {ino}")))?;
+                let nl = (h.name_len.get() as usize).min(rest.len());
+                let name = rest[..nl].to_vec();
+                if !name.starts_with(HIDE_PREFIX) {
+                    names.push(name);
+                }
             }
-        }
-        names.sort();
-        Ok(names)
+            names.sort();
+            Ok(names)
+        })
     }
 
     /// Inodes carrying an xattr named `name` (a `scoutfs.srch.` name), from the search
     /// items of committed transactions and this mount's open one. May include inodes whose
     /// name hash merely collides; callers that need certainty check with `get_xattr`.
     pub fn search_xattrs(&self, name: &[u8]) -> Result<Vec<u64>, FsError> {
-        if !name.starts_with(SRCH_PREFIX) {
-            return Err(FsError::Invalid("only scoutfs.srch. xattrs are indexed"));
-        }
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        inner.client.refresh_roots()?;
-        let hash = name_hash(name);
-        let items = inner
-            .client
-            .range(&srch_key(hash, 0, 0), &srch_key(hash, u64::MAX, u64::MAX))?;
-        let mut inos: Vec<u64> = items.iter().map(|it| it.key.second.get()).collect();
-        inos.dedup();
-        Ok(inos)
+        self.retry(|| {
+            if !name.starts_with(SRCH_PREFIX) {
+                return Err(FsError::Invalid("only scoutfs.srch. xattrs are indexed"));
+            }
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            inner.client.refresh_roots()?;
+            let hash = name_hash(name);
+            let items = inner
+                .client
+                .range(&srch_key(hash, 0, 0), &srch_key(hash, u64::MAX, u64::MAX))?;
+            let mut inos: Vec<u64> = items.iter().map(|it| it.key.second.get()).collect();
+            inos.dedup();
+            Ok(inos)
+        })
     }
 
     /// `(seq, ino)` entries of an inode index with `first <= seq <= last`, after `after`
@@ -267,57 +277,59 @@ impl Fs {
         after: Option<(u64, u64)>,
         limit: usize,
     ) -> Result<IndexPage, FsError> {
-        let t = match index {
-            SeqIndex::MetaSeq => ty::META_SEQ,
-            SeqIndex::DataSeq => ty::DATA_SEQ,
-        };
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        // The horizon first, then the roots: every transaction at or below the horizon was
-        // committed before it was computed, so roots sampled after it hold all their items.
-        // (The other order could miss a commit landing between the two.)
-        let horizon = inner.client.last_seq()?;
-        inner.client.refresh_roots()?;
-        let last = last.min(horizon);
-        let mut entries = Vec::new();
-        if first > last {
-            return Ok(IndexPage {
+        self.retry(|| {
+            let t = match index {
+                SeqIndex::MetaSeq => ty::META_SEQ,
+                SeqIndex::DataSeq => ty::DATA_SEQ,
+            };
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            // The horizon first, then the roots: every transaction at or below the horizon was
+            // committed before it was computed, so roots sampled after it hold all their items.
+            // (The other order could miss a commit landing between the two.)
+            let horizon = inner.client.last_seq()?;
+            inner.client.refresh_roots()?;
+            let last = last.min(horizon);
+            let mut entries = Vec::new();
+            if first > last {
+                return Ok(IndexPage {
+                    entries,
+                    horizon,
+                    next: None,
+                });
+            }
+            let from = match after {
+                Some((s, i)) => match index_key(t, s, i).next() {
+                    Some(k) => k.max(index_key(t, first, 0)),
+                    None => {
+                        return Ok(IndexPage {
+                            entries,
+                            horizon,
+                            next: None,
+                        })
+                    }
+                },
+                None => index_key(t, first, 0),
+            };
+            let end = index_key(t, last, u64::MAX);
+            let mut more = false;
+            // One merged scan for the page (plus one item to learn whether more follow).
+            for it in inner.client.scan(&from, &end, limit.saturating_add(1))? {
+                if it.key.zone != zone::INODE_INDEX {
+                    break;
+                }
+                if entries.len() == limit {
+                    more = true;
+                    break;
+                }
+                entries.push((it.key.second.get(), it.key.third.get()));
+            }
+            let next = if more { entries.last().copied() } else { None };
+            Ok(IndexPage {
                 entries,
                 horizon,
-                next: None,
-            });
-        }
-        let from = match after {
-            Some((s, i)) => match index_key(t, s, i).next() {
-                Some(k) => k.max(index_key(t, first, 0)),
-                None => {
-                    return Ok(IndexPage {
-                        entries,
-                        horizon,
-                        next: None,
-                    })
-                }
-            },
-            None => index_key(t, first, 0),
-        };
-        let end = index_key(t, last, u64::MAX);
-        let mut more = false;
-        // One merged scan for the page (plus one item to learn whether more follow).
-        for it in inner.client.scan(&from, &end, limit.saturating_add(1))? {
-            if it.key.zone != zone::INODE_INDEX {
-                break;
-            }
-            if entries.len() == limit {
-                more = true;
-                break;
-            }
-            entries.push((it.key.second.get(), it.key.third.get()));
-        }
-        let next = if more { entries.last().copied() } else { None };
-        Ok(IndexPage {
-            entries,
-            horizon,
-            next,
+                next,
+            })
         })
     }
 }

@@ -25,6 +25,8 @@ pub fn nfs_status(err: &FsError) -> nfsstat3 {
         FsError::DataVersion { .. } => NFS3ERR_IO,
         FsError::Errno(n) => errno_status(*n),
         FsError::Io(_) | FsError::Corrupt(_) => NFS3ERR_IO,
+        // Never returned by `Fs` (it waits for the grant itself); a busy lock would be retried.
+        FsError::LockWait { .. } => NFS3ERR_JUKEBOX,
     }
 }
 
