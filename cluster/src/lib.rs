@@ -24,9 +24,12 @@ pub mod fs;
 pub mod fsck;
 pub mod inspect;
 pub mod lock;
+pub mod lock_client;
 pub mod lock_names;
+pub mod lock_server;
 pub mod mkfs;
 pub mod msg;
+pub mod recovery;
 pub mod server;
 
 pub use format::FormatError;

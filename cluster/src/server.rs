@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub server_meta_high: u64,
     /// A log tree is finalized (and later merged) once its btree is taller than this.
     pub finalize_height: u8,
+    /// The quorum term this server was elected in (0 for an offline or in-process server);
+    /// greeting responses carry it so clients notice a new server.
+    pub term: u64,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +71,7 @@ impl Default for ServerConfig {
             server_meta_low: 1024,
             server_meta_high: 8192,
             finalize_height: 2,
+            term: 0,
         }
     }
 }
@@ -210,6 +214,55 @@ impl Server {
         self.next_seq - 1
     }
 
+    /// Hand out the next core seq: the lock server's write_seq of a write grant. Every later
+    /// transaction gets a greater seq, and every open transaction has a smaller one (seed
+    /// 001, 2021-06-15).
+    pub fn next_core_seq(&mut self) -> u64 {
+        self.take_seq()
+    }
+
+    /// Move the core seq past `seq` (a write_seq recovered from the clients' granted locks,
+    /// seed 001 2020-10-30).
+    pub fn advance_seq_past(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+    }
+
+    /// The term this server serves.
+    pub fn term(&self) -> u64 {
+        self.cfg.term
+    }
+
+    /// Rids listed in `mounted_clients`: the clients that must recover with a new server.
+    pub fn mounted_rids(&self) -> Result<Vec<u64>, ServerError> {
+        let first = mounted_client_key(0);
+        let last = mounted_client_key(u64::MAX);
+        Ok(
+            btree::range(&self.md, Some(&self.dirty), &self.sb.mounted_clients, &first, &last)?
+                .iter()
+                .map(|it| it.key.first.get())
+                .collect(),
+        )
+    }
+
+    /// Is `rid` listed in `mounted_clients`?
+    pub fn is_mounted(&self, rid: u64) -> Result<bool, ServerError> {
+        let key = mounted_client_key(rid);
+        Ok(btree::lookup(&self.md, Some(&self.dirty), &self.sb.mounted_clients, &key)?.is_some())
+    }
+
+    /// Reclaim a client that was fenced (or otherwise will never come back): its open
+    /// transaction is dropped (nothing uncommitted was acknowledged as durable), its log
+    /// tree is finalized for merging, its allocators return to the server, and its
+    /// mounted_clients record goes. Idempotent: a later server may repeat it.
+    pub fn reclaim_rid(&mut self, rid: u64) -> Result<(), ServerError> {
+        if self.failed {
+            return Err(ServerError::Io(
+                "an earlier commit failed; the server must be restarted".into(),
+            ));
+        }
+        self.farewell(rid).map(|_| ())
+    }
+
     /// Answer one request from client `rid`.
     pub fn handle(&mut self, rid: u64, req: Request) -> Result<Response, ServerError> {
         if self.failed {
@@ -225,8 +278,8 @@ impl Server {
                 fsid,
                 format_version,
                 rid,
-                ..
-            } => self.greeting(rid, fsid, format_version),
+                server_term,
+            } => self.greeting(rid, fsid, format_version, server_term),
             Request::AllocInodes { count } => self.alloc_inodes(count),
             Request::GetLogTrees => self
                 .get_log_trees(rid)
@@ -255,7 +308,13 @@ impl Server {
         }
     }
 
-    fn greeting(&mut self, rid: u64, fsid: u64, fmt: u64) -> Result<Response, ServerError> {
+    fn greeting(
+        &mut self,
+        rid: u64,
+        fsid: u64,
+        fmt: u64,
+        known_term: u64,
+    ) -> Result<Response, ServerError> {
         if fsid != self.sb.fsid() {
             return Err(ServerError::WrongFsid {
                 client: fsid,
@@ -270,6 +329,13 @@ impl Server {
         }
         let key = mounted_client_key(rid);
         if btree::lookup(&self.md, Some(&self.dirty), &self.sb.mounted_clients, &key)?.is_none() {
+            // A client that knew a server before but has no record was fenced and reclaimed
+            // (or said farewell): it must not write again. The first greeting of a mount
+            // (term 0) creates the record; a resent first greeting finds it (seed 001,
+            // 2021-03-16).
+            if known_term != 0 && self.cfg.term != 0 {
+                return Err(ServerError::Fenced { rid });
+            }
             let mc = MountedClient::new_zeroed();
             let mut w = BtreeWriter {
                 md: &self.md,
@@ -281,7 +347,7 @@ impl Server {
         }
         self.greeted.insert(rid);
         Ok(Response::Greeting {
-            server_term: 0,
+            server_term: self.cfg.term,
             fsid: self.sb.fsid(),
         })
     }

@@ -266,6 +266,11 @@ impl Fs {
         Ok(())
     }
 
+    /// Statistics of the mount's metadata block cache.
+    pub fn meta_cache_stats(&self) -> scoutgw_blockdev::CacheStats {
+        self.inner().client.meta_dev().cache_stats()
+    }
+
     /// Make every change so far durable (fsync of any file, `sync`).
     pub fn sync(&self) -> Result<(), FsError> {
         let mut inner = self.inner();
