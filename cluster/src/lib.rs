@@ -19,6 +19,7 @@
 pub mod alloc;
 pub mod btree;
 pub mod client;
+pub mod fence;
 pub mod format;
 pub mod fs;
 pub mod fsck;
@@ -29,6 +30,9 @@ pub mod lock_names;
 pub mod lock_server;
 pub mod mkfs;
 pub mod msg;
+pub mod net;
+pub mod node;
+pub mod quorum;
 pub mod recovery;
 pub mod server;
 

@@ -236,12 +236,16 @@ impl Server {
     pub fn mounted_rids(&self) -> Result<Vec<u64>, ServerError> {
         let first = mounted_client_key(0);
         let last = mounted_client_key(u64::MAX);
-        Ok(
-            btree::range(&self.md, Some(&self.dirty), &self.sb.mounted_clients, &first, &last)?
-                .iter()
-                .map(|it| it.key.first.get())
-                .collect(),
-        )
+        Ok(btree::range(
+            &self.md,
+            Some(&self.dirty),
+            &self.sb.mounted_clients,
+            &first,
+            &last,
+        )?
+        .iter()
+        .map(|it| it.key.first.get())
+        .collect())
     }
 
     /// Is `rid` listed in `mounted_clients`?
@@ -526,8 +530,16 @@ impl Server {
         for b in avail.take_list_blocks() {
             self.alloc.freed.push(b);
         }
-        if (avail.len() as u64) < self.cfg.client_meta_low {
-            let more = self.take_meta_blocks(self.cfg.client_meta_fill - avail.len() as u64)?;
+        // As with data below: at most an eighth of the free metadata space per client.
+        let have = avail.len() as u64;
+        let free = self.sb.meta_alloc[0].total_len.get() + self.alloc.avail.len() as u64;
+        let fill = self
+            .cfg
+            .client_meta_fill
+            .min(((free + have) / 8).max(64.min(free + have)));
+        let low = self.cfg.client_meta_low.min(fill / 2).max(1);
+        if have < low {
+            let more = self.take_meta_blocks(fill - have)?;
             for b in more {
                 avail.push(b);
             }
@@ -538,14 +550,22 @@ impl Server {
         // Freed data extents go back to the core allocator; refill data avail.
         self.return_data_extents(&mut lt.data_freed)?;
         let mut have = lt.data_avail.total_len.get();
-        if have < self.cfg.client_data_low {
-            while have < self.cfg.client_data_fill {
+        // Every client gets at most an eighth of the free space (at least 1 MiB of it while
+        // that much is free), so one node cannot hold all of it while others run dry.
+        let free = self.sb.data_alloc.total_len.get();
+        let fill = self
+            .cfg
+            .client_data_fill
+            .min(((free + have) / 8).max(256.min(free + have)));
+        let low = self.cfg.client_data_low.min(fill / 2).max(1);
+        if have < low {
+            while have < fill {
                 let mut w = BtreeWriter {
                     md: &self.md,
                     dirty: &mut self.dirty,
                     alloc: &mut self.alloc,
                 };
-                let want = self.cfg.client_data_fill - have;
+                let want = fill - have;
                 let Some((s, l)) = extent::alloc_extent(&mut w, &mut self.sb.data_alloc, want)?
                 else {
                     break;

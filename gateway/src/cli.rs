@@ -61,6 +61,19 @@ pub enum Command {
 
     /// List the inodes carrying a scoutfs.srch.* xattr, from a node's HTTP API.
     SearchXattrs(SearchXattrsArgs),
+
+    /// Show the cluster as a node sees it: term, leader, quorum members and their events,
+    /// mounted clients, and the node's own role, from its HTTP API.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Print the API's JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where a node's HTTP API is.
@@ -202,8 +215,10 @@ pub struct QuickstartArgs {
     #[arg(long, value_name = "SIZE", default_value = "16G", value_parser = parse_size)]
     pub data_size: u64,
 
-    /// Quorum address (UDP) and server port (TCP) of the single node.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:7100")]
+    /// Quorum address (UDP) and server port (TCP) of the single node, recorded in the
+    /// filesystem as quorum slot 0. Port 0 picks a port free on ADDR when the filesystem is
+    /// made (so several quickstarts on one host do not collide); `print` shows it.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
     pub quorum_addr: std::net::SocketAddrV4,
 
     /// Address of the NFS port (NFSv3, MOUNT v3 and portmapper GETPORT on one TCP port).

@@ -25,6 +25,62 @@ pub struct NodeConfig {
     pub fs: FsSection,
     #[serde(default)]
     pub http: HttpSection,
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+/// Membership and failure handling (`[cluster]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// The quorum slot this node owns (`mkfs -Q NR,...`); `None`: it only mounts.
+    pub quorum_slot: Option<usize>,
+    /// Shell command that fences a node (env SCOUTGW_FENCE_RID, _ADDR, _REASON); empty: kill
+    /// the node's process from its pid file in `fence_dir` (local clusters).
+    pub fence_command: String,
+    /// Where every node of a local cluster keeps `<rid>.pid` for pid-file fencing; empty:
+    /// `fence/` beside the metadata device file.
+    pub fence_dir: Option<PathBuf>,
+    pub fence_timeout_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    pub recovery_timeout_ms: u64,
+    pub reconnect_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            quorum_slot: None,
+            fence_command: String::new(),
+            fence_dir: None,
+            fence_timeout_ms: 15_000,
+            heartbeat_timeout_ms: 3_000,
+            recovery_timeout_ms: 10_000,
+            reconnect_timeout_ms: 5_000,
+            idle_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl ClusterSection {
+    /// The pid-file fencing directory for a node whose metadata device is `meta_device`.
+    pub fn fence_dir_for(&self, meta_device: &Path) -> PathBuf {
+        match &self.fence_dir {
+            Some(d) => d.clone(),
+            None => {
+                let parent = meta_device
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                if parent == Path::new("/dev") {
+                    PathBuf::from("/run/scoutgw/fence")
+                } else {
+                    parent.join("fence")
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,7 +205,7 @@ fn default_log() -> String {
 }
 
 /// The configuration sections environment variables may override.
-const SECTIONS: [&str; 5] = ["NODE", "NFS", "EXPORT", "FS", "HTTP"];
+const SECTIONS: [&str; 6] = ["NODE", "NFS", "EXPORT", "FS", "HTTP", "CLUSTER"];
 
 /// The `SCOUTGW_<SECTION>__<KEY>` variables of the environment. Others starting with
 /// `SCOUTGW_` (`SCOUTGW_API`, `SCOUTGW_TOKEN` of the CLI, a script's own) are not

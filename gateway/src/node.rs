@@ -1,7 +1,7 @@
-//! One gateway node at run time (`scoutgw serve`): the filesystem client, the server (a
-//! one-node cluster leads its only quorum slot), the background merger, the periodic
-//! committer and the NFS port, started in that order and stopped in reverse on SIGTERM or
-//! SIGINT.
+//! One gateway node at run time (`scoutgw serve`): the cluster member
+//! ([`ClusterNode`]: quorum agent, the server while it leads, the mount), the periodic
+//! committer, the NFS port and the HTTP port, started in that order and stopped in reverse
+//! on SIGTERM or SIGINT.
 //!
 //! Shutdown is graceful: stop accepting connections and reading requests, wait for the
 //! requests in flight, commit, then unmount (farewell to the server) so the next start
@@ -12,11 +12,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scoutgw_blockdev::MetaDev;
-use scoutgw_cluster::client::LocalServer;
+use scoutgw_blockdev::{BlockDevice, MetaDev};
+use scoutgw_cluster::fence::{CommandFencer, Fencer, PidFileFencer};
+use scoutgw_cluster::format::super_block::SuperBlock;
 use scoutgw_cluster::fs::{Fs, FsOptions};
-use scoutgw_cluster::lock::LocalLocks;
-use scoutgw_cluster::server::{Server, ServerConfig};
+use scoutgw_cluster::node::{ClusterNode, NodeOptions, NodeStatus, ServerStatus};
+use scoutgw_cluster::quorum::{QuorumOptions, Role};
+use scoutgw_cluster::server::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -83,50 +85,110 @@ pub struct Serving {
     pub fsid: u64,
 }
 
-/// What `GET /v1/cluster` reports: the quorum slots with their recorded events, the
-/// mounted clients, and this node's role. A one-node cluster: this node runs the server in
-/// process, so it leads its only slot.
-fn cluster_view(server: &Arc<LocalServer>, rid: u64) -> ClusterView {
-    let server = server.clone();
-    Arc::new(move || {
-        server.with(|s| {
-            let sb = *s.stable_super();
-            let md = s.meta_dev().clone();
-            let mut term = 0;
-            let mut slots = Vec::new();
-            for (slot, addr) in sb.qconf.present() {
-                let rep = scoutgw_cluster::inspect::quorum_report(&md, slot, addr.to_string());
-                term = rep.events.iter().map(|e| e.term).fold(term, u64::max);
-                slots.push(json!({
-                    "slot": slot,
-                    "addr": addr.to_string(),
-                    "events": rep.events,
-                }));
-            }
-            let first = scoutgw_cluster::format::log_trees::mounted_client_key(0);
-            let last = scoutgw_cluster::format::log_trees::mounted_client_key(u64::MAX);
-            let clients =
-                scoutgw_cluster::btree::range(&md, None, &sb.mounted_clients, &first, &last)
-                    .map_err(|e| format!("reading mounted clients: {e}"))?;
-            let mounted: Vec<_> = clients
-                .iter()
-                .map(|it| json!({ "rid": format!("{:016x}", it.key.first.get()) }))
-                .collect();
-            let leader = sb
-                .qconf
-                .present()
-                .next()
-                .map(|(slot, addr)| json!({ "slot": slot, "addr": addr.to_string() }));
-            Ok(json!({
-                "fsid": format!("{:016x}", sb.fsid()),
-                "term": term,
-                "leader": leader,
-                "quorum_slots": slots,
-                "mounted_clients": mounted,
-                "this_node": { "rid": format!("{rid:016x}"), "role": "leader" },
-            }))
+/// The node's cluster options from its configuration.
+fn node_options(cfg: &NodeConfig, rid: u64, cache_bytes: u64) -> Result<NodeOptions, CliError> {
+    let c = &cfg.cluster;
+    let ms = Duration::from_millis;
+    let fencer: Arc<dyn Fencer> = if c.fence_command.trim().is_empty() {
+        Arc::new(PidFileFencer::new(c.fence_dir_for(&cfg.node.meta_device)))
+    } else {
+        Arc::new(CommandFencer {
+            command: c.fence_command.clone(),
+            timeout: ms(c.fence_timeout_ms),
         })
+    };
+    Ok(NodeOptions {
+        rid,
+        quorum_slot: c.quorum_slot,
+        quorum: QuorumOptions {
+            heartbeat_timeout: ms(c.heartbeat_timeout_ms.max(500)),
+            ..QuorumOptions::default()
+        },
+        server: ServerConfig {
+            cache_bytes,
+            ..ServerConfig::default()
+        },
+        fs: FsOptions {
+            max_dirty_items: cfg.fs.max_dirty_items,
+            data_wait_timeout: Duration::from_secs(cfg.fs.data_wait_timeout_secs),
+            ..FsOptions::default()
+        },
+        cache_bytes,
+        fencer,
+        recovery_timeout: ms(c.recovery_timeout_ms),
+        reconnect_timeout: ms(c.reconnect_timeout_ms),
+        idle_timeout: ms(c.idle_timeout_ms.max(1000)),
+        fence_timeout: ms(c.fence_timeout_ms),
+        merge_interval: ms(cfg.fs.merge_interval_ms.max(1)),
     })
+}
+
+/// What `GET /v1/cluster` reports: the quorum slots with their recorded events (read from
+/// the device each time), the leader and term they show, the mounted clients of the last
+/// committed super block, and this node's own view (rid, slot, role, server term).
+fn cluster_view(node: &Arc<ClusterNode>, meta: Arc<dyn BlockDevice>) -> ClusterView {
+    let node = node.clone();
+    Arc::new(move || {
+        let st = node.status();
+        let sb = SuperBlock::read_current(&*meta)
+            .map_err(|e| format!("reading the super block: {e}"))?
+            .sb;
+        // Uncached: other nodes write these blocks.
+        let md = MetaDev::new(meta.clone(), sb.fsid(), 0);
+        let mut term = 0;
+        let mut slots = Vec::new();
+        for (slot, addr) in sb.qconf.present() {
+            let rep = scoutgw_cluster::inspect::quorum_report(&md, slot, addr.to_string());
+            term = rep.events.iter().map(|e| e.term).fold(term, u64::max);
+            slots.push(json!({
+                "slot": slot,
+                "addr": addr.to_string(),
+                "events": rep.events,
+            }));
+        }
+        let first = scoutgw_cluster::format::log_trees::mounted_client_key(0);
+        let last = scoutgw_cluster::format::log_trees::mounted_client_key(u64::MAX);
+        let clients = scoutgw_cluster::btree::range(&md, None, &sb.mounted_clients, &first, &last)
+            .map_err(|e| format!("reading mounted clients: {e}"))?;
+        let mounted: Vec<_> = clients
+            .iter()
+            .map(|it| json!({ "rid": format!("{:016x}", it.key.first.get()) }))
+            .collect();
+        let leader = st.leader.map(|l| {
+            json!({
+                "slot": l.slot,
+                "addr": l.addr.to_string(),
+                "term": l.term,
+                "rid": format!("{:016x}", l.rid),
+            })
+        });
+        Ok(json!({
+            "fsid": format!("{:016x}", sb.fsid()),
+            "term": term,
+            "leader": leader,
+            "quorum_slots": slots,
+            "mounted_clients": mounted,
+            "this_node": {
+                "rid": format!("{:016x}", st.rid),
+                "role": role_of(&st),
+                "quorum_slot": st.quorum_slot,
+                "server_term": st.server_term,
+                "connected": st.connected,
+            },
+        }))
+    })
+}
+
+/// "leader" while this node's server is up, "candidate" while it runs for election or its
+/// server starts, "follower" for other quorum members, "client" for non-members.
+fn role_of(st: &NodeStatus) -> &'static str {
+    match (&st.quorum, st.server) {
+        (_, ServerStatus::Up { .. }) => "leader",
+        (_, ServerStatus::Starting { .. }) => "candidate",
+        (Some(q), _) if q.role == Role::Candidate => "candidate",
+        (Some(_), _) => "follower",
+        (None, _) => "client",
+    }
 }
 
 /// Start a node, call `on_ready` once it serves, and run until SIGTERM or SIGINT.
@@ -138,6 +200,17 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(Serving)) -> Result<(), CliEr
         source,
     })?;
     let rid = node_rid(&cfg.node.state_dir)?;
+    let fence_dir = cfg.cluster.fence_dir_for(&cfg.node.meta_device);
+    std::fs::create_dir_all(&fence_dir).map_err(|source| CliError::Io {
+        path: fence_dir.clone(),
+        source,
+    })?;
+    // Other nodes fence this one through it (the default fencer); removed on a clean stop.
+    let pid_file =
+        scoutgw_cluster::fence::write_pid_file(&fence_dir, rid).map_err(|source| CliError::Io {
+            path: fence_dir.clone(),
+            source,
+        })?;
     let pid_path = cfg.node.state_dir.join("scoutgw.pid");
     std::fs::write(&pid_path, format!("{}\n", std::process::id())).map_err(|source| {
         CliError::Io {
@@ -158,34 +231,12 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(Serving)) -> Result<(), CliEr
         "data",
         metrics.clone(),
     );
-    let server = Server::open(
-        meta.clone(),
-        ServerConfig {
-            cache_bytes,
-            ..ServerConfig::default()
-        },
-    )
-    .map_err(|e| node_err("starting the server")(e.to_string()))?;
-    let fsid = server.fsid();
-    let server = Arc::new(LocalServer::new(server));
-    let md = Arc::new(MetaDev::new(meta, fsid, cache_bytes));
-    let locks = Arc::new(LocalLocks::new());
-    let fs = Fs::mount(
-        md.clone(),
-        data,
-        server.clone(),
-        locks.clone(),
-        rid,
-        FsOptions {
-            max_dirty_items: cfg.fs.max_dirty_items,
-            data_wait_timeout: Duration::from_secs(cfg.fs.data_wait_timeout_secs),
-            ..FsOptions::default()
-        },
-    )
-    .map_err(|e| node_err("mounting")(e.to_string()))?;
-    let fs = Arc::new(fs);
-    let merger = server.spawn_merger(Duration::from_millis(cfg.fs.merge_interval_ms.max(1)));
-
+    let cache_bytes = cache_bytes.max(1 << 20);
+    let node = ClusterNode::start(meta.clone(), data, node_options(cfg, rid, cache_bytes)?)
+        .map_err(|e| node_err("joining the cluster")(e.to_string()))?;
+    let fsid = node.fsid();
+    let fs = node.fs().clone();
+    let node = Arc::new(node);
     let mut verf = [0u8; 8];
     getrandom::fill(&mut verf).map_err(|e| CliError::Node(format!("write verifier: {e}")))?;
     let svc = Arc::new(NfsService::new(
@@ -200,19 +251,17 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(Serving)) -> Result<(), CliEr
     let http_svc = Arc::new(HttpService {
         api: Arc::new(Api {
             fs: fs.clone(),
-            cluster: cluster_view(&server, rid),
+            cluster: cluster_view(&node, meta.clone()),
             max_page: cfg.http.max_page.max(1),
         }),
         token: cfg.http.token.clone().filter(|t| !t.is_empty()),
         metrics: metrics.clone(),
         ready: ready.clone(),
         refresh_metrics: {
-            let (metrics, server, md) = (metrics.clone(), server.clone(), md.clone());
-            let locks = locks.clone();
-            Box::new(move || refresh_metrics(&metrics, &server, &md, &locks))
+            let (metrics, node) = (metrics.clone(), node.clone());
+            Box::new(move || refresh_metrics(&metrics, &node))
         },
     });
-    metrics.set_role("leader");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -285,18 +334,19 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(Serving)) -> Result<(), CliEr
     rt.shutdown_timeout(Duration::from_secs(5));
     drop(svc);
     drop(http_svc);
-    let result = match Arc::try_unwrap(fs) {
-        Ok(fs) => fs
-            .unmount()
-            .map_err(|e| node_err("unmounting")(e.to_string())),
-        Err(fs) => {
+    drop(fs);
+    let result = match Arc::try_unwrap(node) {
+        Ok(node) => node
+            .shutdown()
+            .map_err(|e| node_err("leaving the cluster")(e.to_string())),
+        Err(node) => {
             tracing::warn!("requests still hold the filesystem; committing without farewell");
-            fs.sync()
+            node.fs()
+                .sync()
                 .map_err(|e| node_err("final commit")(e.to_string()))
         }
     };
-    drop(merger);
-    drop(server);
+    drop(pid_file);
     let _ = std::fs::remove_file(&pid_path);
     served?;
     result?;
@@ -305,23 +355,31 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(Serving)) -> Result<(), CliEr
 }
 
 /// Copy values other crates keep into the metrics, just before a scrape.
-fn refresh_metrics(m: &NodeMetrics, server: &LocalServer, client_md: &MetaDev, locks: &LocalLocks) {
-    for (mode, c) in locks.counts() {
+fn refresh_metrics(m: &NodeMetrics, node: &ClusterNode) {
+    for (mode, c) in node.lock_counts() {
         m.set_locks(mode.name(), c.requests, c.grants, c.invalidations);
     }
-    let c = client_md.cache_stats();
+    let c = node.fs().meta_cache_stats();
     m.set_block_cache("client", c.hits, c.misses, c.bytes);
-    let (sc, backlog, merged) = server.with(|s| {
-        let roots = s.roots();
-        let backlog = scoutgw_cluster::server::all_log_trees(s.meta_dev(), None, &roots.logs_root)
-            .map(|lts| lts.iter().filter(|lt| lt.is_finalized()).count() as u64)
-            .unwrap_or(0);
-        (s.meta_dev().cache_stats(), backlog, s.trees_merged())
-    });
-    m.set_block_cache("server", sc.hits, sc.misses, sc.bytes);
-    m.set_merge(backlog, merged);
-    // One node: it leads, so no heartbeat is awaited.
-    m.quorum_heartbeat_age_seconds.set(0.0);
+    if let Some(sc) = node.server_cache_stats() {
+        m.set_block_cache("server", sc.hits, sc.misses, sc.bytes);
+    }
+    let st = node.status();
+    if let Some(s) = st.server_stats {
+        m.set_merge(s.merge_backlog, s.trees_merged);
+    }
+    m.set_role(role_of(&st));
+    if let Some(q) = &st.quorum {
+        m.quorum_term.set(q.term as i64);
+        let age = match st.server {
+            // The leader sends the heartbeats; it awaits none.
+            ServerStatus::Up { .. } => 0.0,
+            _ => q.heartbeat_age.map_or(-1.0, |a| a.as_secs_f64()),
+        };
+        m.quorum_heartbeat_age_seconds.set(age);
+    } else {
+        m.quorum_term.set(st.server_term as i64);
+    }
 }
 
 async fn commit_periodically(

@@ -278,7 +278,7 @@ impl NodeMetrics {
 
     /// This node's quorum role: exactly one of the roles is 1.
     pub fn set_role(&self, role: &str) {
-        for r in ["leader", "follower", "candidate"] {
+        for r in ["leader", "follower", "candidate", "client"] {
             self.quorum_role
                 .with_label_values(&[r])
                 .set((r == role) as i64);

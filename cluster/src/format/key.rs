@@ -182,11 +182,12 @@ impl fmt::Debug for Key {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn any_key() -> impl Strategy<Value = Key> {
+    /// Any key (shared by the proptests of other modules).
+    pub(crate) fn any_key() -> impl Strategy<Value = Key> {
         (
             any::<u8>(),
             any::<u64>(),

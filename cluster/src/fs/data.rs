@@ -336,10 +336,10 @@ impl Fs {
                 next => {
                     // A hole up to the next extent (or the end): allocate and write.
                     let hole_end = next.map_or(last + 1, |e| e.start.min(last + 1));
-                    let (p, got) = inner
-                        .client
-                        .alloc_data(hole_end - b)?
-                        .ok_or(FsError::NoSpace)?;
+                    let (p, got) = match inner.client.alloc_data(hole_end - b)? {
+                        Some(got) => got,
+                        None => self.alloc_data_refilled(inner, hole_end - b)?,
+                    };
                     let t = b + got;
                     let buf = fill(self, b, t, None)?;
                     self.data_dev().write_blocks(p, &buf)?;
@@ -412,13 +412,24 @@ impl Fs {
             return Ok(());
         }
         buf[at..].fill(0);
-        let (new, _) = inner.client.alloc_data(1)?.ok_or(FsError::NoSpace)?;
+        let (new, _) = match inner.client.alloc_data(1)? {
+            Some(got) => got,
+            None => self.alloc_data_refilled(inner, 1)?,
+        };
         self.data_dev().write_blocks(new, &buf)?;
         let part = cut_extent(&mut inner.client, ino, &e, blk, blk + 1, wseq)?;
         inner.client.free_data(part.blkno, part.len)?;
         self.map_new(inner, ino, blk, 1, new, wseq)?;
         inner.data_dirty = true;
         Ok(())
+    }
+
+    /// The client's data allocator ran dry: commit, so the next transaction opens with an
+    /// allocator the server refilled, and try once more. The operation goes on in the new
+    /// transaction (a write may then be durable in two parts, as POSIX allows).
+    fn alloc_data_refilled(&self, inner: &mut Inner, want: u64) -> Result<(u64, u64), FsError> {
+        self.commit_locked(inner)?;
+        inner.client.alloc_data(want)?.ok_or(FsError::NoSpace)
     }
 
     /// Change the size of a regular file; the caller writes the inode.

@@ -1,5 +1,5 @@
-//! `walk-inodes`, `stat` and `search-xattrs`: the scoutfs utilities' index and inode
-//! queries, asked of a node's HTTP API (as those utilities ask a mount).
+//! `walk-inodes`, `stat`, `search-xattrs` and `cluster`: the scoutfs utilities' index,
+//! inode and cluster queries, asked of a node's HTTP API (as those utilities ask a mount).
 
 use std::os::unix::fs::MetadataExt;
 
@@ -10,7 +10,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-use crate::cli::{ApiArgs, SearchXattrsArgs, StatArgs, WalkInodesArgs};
+use crate::cli::{ApiArgs, ClusterArgs, SearchXattrsArgs, StatArgs, WalkInodesArgs};
 use crate::CliError;
 
 /// `http://HOST:PORT` → `HOST:PORT`.
@@ -229,6 +229,65 @@ pub fn search_xattrs(a: &SearchXattrsArgs) -> Result<(), CliError> {
             None => return Ok(()),
         }
     }
+}
+
+/// Text of a JSON scalar (strings without quotes).
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn cluster(a: &ClusterArgs) -> Result<(), CliError> {
+    let v = get(&a.api, "/v1/cluster")?;
+    if a.json {
+        print_json(&v);
+        return Ok(());
+    }
+    println!("fsid: {}", text(&v["fsid"]));
+    println!("term: {}", text(&v["term"]));
+    match v["leader"].as_object() {
+        Some(l) => println!(
+            "leader: slot {} at {} (term {}, rid {})",
+            text(&l["slot"]),
+            text(&l["addr"]),
+            text(&l["term"]),
+            text(&l["rid"])
+        ),
+        None => println!("leader: none elected"),
+    }
+    let me = &v["this_node"];
+    println!(
+        "this node: rid {} role {} slot {} server term {} connected {}",
+        text(&me["rid"]),
+        text(&me["role"]),
+        text(&me["quorum_slot"]),
+        text(&me["server_term"]),
+        text(&me["connected"])
+    );
+    println!("quorum slots:");
+    for s in v["quorum_slots"].as_array().into_iter().flatten() {
+        let events: Vec<String> = s["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["write_nr"].as_u64().unwrap_or(0) > 0)
+            .map(|e| format!("{}={}", text(&e["event"]), text(&e["term"])))
+            .collect();
+        println!(
+            "  slot {} {} {}",
+            text(&s["slot"]),
+            text(&s["addr"]),
+            events.join(" ")
+        );
+    }
+    println!("mounted clients:");
+    for c in v["mounted_clients"].as_array().into_iter().flatten() {
+        println!("  rid {}", text(&c["rid"]));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::WalkInodes(a) => api_client::walk_inodes(&a),
         Command::Stat(a) => api_client::stat(&a),
         Command::SearchXattrs(a) => api_client::search_xattrs(&a),
+        Command::Cluster(a) => api_client::cluster(&a),
     }
 }
 

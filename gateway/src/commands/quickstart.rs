@@ -1,6 +1,7 @@
 //! `scoutgw quickstart`: a one-node filesystem on device files under a local folder.
 
 use std::fs::OpenOptions;
+use std::net::SocketAddrV4;
 use std::path::Path;
 
 use scoutgw_cluster::format::super_block::existing_fsid;
@@ -26,6 +27,26 @@ fn ensure_device_file(path: &Path, bytes: u64) -> Result<bool, CliError> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(io(e)),
     }
+}
+
+/// `addr`, with port 0 replaced by a port that is free for both UDP (votes) and TCP (the
+/// server) on its address right now.
+fn quorum_addr(addr: SocketAddrV4) -> Result<SocketAddrV4, CliError> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let busy = |e: std::io::Error| CliError::Node(format!("finding a free port on {addr}: {e}"));
+    for _ in 0..64 {
+        let tcp = std::net::TcpListener::bind(addr).map_err(busy)?;
+        let port = tcp.local_addr().map_err(busy)?.port();
+        let candidate = SocketAddrV4::new(*addr.ip(), port);
+        if std::net::UdpSocket::bind(candidate).is_ok() {
+            return Ok(candidate);
+        }
+    }
+    Err(CliError::Node(format!(
+        "no port free for both UDP and TCP on {addr}"
+    )))
 }
 
 pub fn run(a: &QuickstartArgs) -> Result<(), CliError> {
@@ -59,7 +80,7 @@ pub fn run(a: &QuickstartArgs) -> Result<(), CliError> {
         let opts = MkfsOptions {
             slots: vec![QuorumSlot {
                 nr: 0,
-                addr: a.quorum_addr,
+                addr: quorum_addr(a.quorum_addr)?,
             }],
             allow_small_size: true,
             ..MkfsOptions::default()
@@ -86,6 +107,8 @@ pub fn run(a: &QuickstartArgs) -> Result<(), CliError> {
         return Ok(());
     }
     let mut cfg = NodeConfig::load(&config_path)?;
+    // Folders from before clusters: the one node owns slot 0.
+    cfg.cluster.quorum_slot.get_or_insert(0);
     cfg.nfs.bind = a.nfs_bind;
     cfg.http.bind = a.http_bind;
     crate::node::run(&cfg, |s| {
@@ -130,7 +153,12 @@ fn write_config(path: &Path, dir: &Path) -> Result<(), CliError> {
          bind = \"127.0.0.1:2049\"\n\
          \n\
          [export]\n\
-         clients = [\"127.0.0.0/8\"]\n",
+         clients = [\"127.0.0.0/8\"]\n\
+         \n\
+         [cluster]\n\
+         # This node owns the filesystem's only quorum slot: it elects itself and runs the\n\
+         # server.\n\
+         quorum_slot = 0\n",
         meta = dir.join("meta.dev"),
         data = dir.join("data.dev"),
         state = dir.join("node"),
