@@ -316,3 +316,74 @@ fn concurrent_creates_in_one_directory_from_both_mounts_all_survive() {
     }
     p.finish();
 }
+
+/// Three quorum members (one process, three ports) all leave at once: the server holds the
+/// farewells of the last majority and answers them together (digest §6.8), so nobody waits
+/// out the farewell timeout and no mount is left behind in `mounted_clients`.
+#[test]
+fn the_last_quorum_members_leave_together_without_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, size) in [("meta", 256u64 << 20), ("data", 256 << 20)] {
+        std::fs::File::create(dir.path().join(name))
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+    }
+    let slots = (0..3)
+        .map(|nr| QuorumSlot {
+            nr,
+            addr: std::net::SocketAddrV4::new([127, 0, 0, 1].into(), free_port()),
+        })
+        .collect();
+    let (meta, data) = (dir.path().join("meta"), dir.path().join("data"));
+    let opts = MkfsOptions {
+        slots,
+        allow_small_size: true,
+        ..MkfsOptions::default()
+    };
+    mkfs(open(&meta), open(&data), &opts).unwrap();
+    let nodes: Vec<ClusterNode> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3usize)
+            .map(|i| {
+                let (meta, data, dir) = (&meta, &data, dir.path());
+                s.spawn(move || {
+                    ClusterNode::start(
+                        open(meta),
+                        open(data),
+                        options(dir, 0x100 + i as u64, Some(i)),
+                    )
+                    .expect("member starts")
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let f = nodes[1]
+        .fs()
+        .create(ROOT_INO, b"made-by-1", &file(), true)
+        .unwrap();
+    assert_eq!(
+        nodes[2].fs().lookup(ROOT_INO, b"made-by-1").unwrap().ino,
+        f.ino
+    );
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for n in nodes {
+            s.spawn(move || n.shutdown().expect("member leaves"));
+        }
+    });
+    assert!(
+        start.elapsed() < scoutgw_cluster::node::FAREWELL_TIMEOUT,
+        "leaving took {:?}: a farewell was not answered",
+        start.elapsed()
+    );
+    let r = fsck(open(&meta), Some(open(&data))).unwrap();
+    assert!(r.is_clean(), "{:?}", r.problems);
+    let sb = scoutgw_cluster::format::super_block::SuperBlock::read_current(&*open(&meta))
+        .unwrap()
+        .sb;
+    assert!(
+        sb.mounted_clients.is_empty(),
+        "every member said farewell: mounted_clients is empty"
+    );
+}

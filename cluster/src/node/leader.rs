@@ -206,6 +206,10 @@ struct Running {
     fenced: Mutex<HashSet<u64>>,
     /// Clients that said farewell: their disconnection is expected.
     departed: Mutex<HashSet<u64>>,
+    /// Farewells of quorum members held back (rid → request id) so that enough members
+    /// stay to elect a server while others are still mounted (digest §6.8).
+    farewells: Mutex<std::collections::BTreeMap<u64, u64>>,
+    meta: Arc<dyn BlockDevice>,
     fenced_count: AtomicU64,
     stopping: AtomicBool,
     merger: Mutex<Option<MergerHandle>>,
@@ -244,7 +248,7 @@ impl Running {
     ) -> Result<Arc<Running>, StartError> {
         let fenced_leaders = fence_previous_leaders(&*meta, term, &opts)?;
         let mut server = Server::open(
-            meta,
+            meta.clone(),
             ServerConfig {
                 term,
                 ..opts.server.clone()
@@ -284,6 +288,8 @@ impl Running {
             peers: Mutex::new(HashMap::new()),
             fenced: Mutex::new(fenced_leaders.iter().copied().collect()),
             departed: Mutex::new(HashSet::new()),
+            farewells: Mutex::new(std::collections::BTreeMap::new()),
+            meta: meta.clone(),
             fenced_count: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             merger: Mutex::new(Some(merger)),
@@ -409,12 +415,91 @@ impl Running {
         }
         lock(&self.recovery).remove(rid);
         lock(&self.disconnected).remove(&rid);
+        lock(&self.farewells).remove(&rid);
         self.drop_lock_state(rid);
+        self.process_farewells();
         true
+    }
+
+    /// A client leaves: reclaim its state (it committed first) and forget it.
+    fn farewell(&self, rid: u64) -> Result<Response, ServerError> {
+        let res = self.server.with(|s| s.handle(rid, Request::Farewell));
+        if res.is_ok() {
+            lock(&self.departed).insert(rid);
+            lock(&self.recovery).remove(rid);
+            lock(&self.disconnected).remove(&rid);
+            self.drop_lock_state(rid);
+        }
+        res
+    }
+
+    /// Rids of the mounts that own a quorum slot (their agent wrote BEGIN and not yet END),
+    /// and the number of configured slots.
+    fn quorum_members(&self) -> (HashSet<u64>, usize) {
+        use crate::format::quorum::QuorumEventKind;
+        let Ok(cur) = crate::format::super_block::SuperBlock::read_current(&*self.meta) else {
+            return (HashSet::new(), 0);
+        };
+        let (fsid, conf) = (cur.sb.fsid(), cur.sb.qconf);
+        let mut members = HashSet::new();
+        let mut slots = 0;
+        for (slot, _) in conf.present() {
+            slots += 1;
+            if let Ok(q) = quorum::read_quorum_block(&*self.meta, fsid, slot) {
+                let (begin, end) = (
+                    q.event(QuorumEventKind::Begin),
+                    q.event(QuorumEventKind::End),
+                );
+                if begin.write_nr.get() > end.write_nr.get() {
+                    members.insert(begin.rid.get());
+                }
+            }
+        }
+        (members, slots)
+    }
+
+    /// Answer held farewells of quorum members (digest §6.8): while more members stay
+    /// mounted than a vote needs, one at a time; once every mount left is a member asking
+    /// to leave, all of them together.
+    fn process_farewells(&self) {
+        let pending: Vec<(u64, u64)> = lock(&self.farewells)
+            .iter()
+            .map(|(r, q)| (*r, *q))
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let (members, slots) = self.quorum_members();
+        let needed = quorum::votes_needed(slots);
+        let Ok(mounted) = self.server.with(|s| s.mounted_rids()) else {
+            return;
+        };
+        let mut staying = mounted.iter().filter(|r| members.contains(r)).count();
+        let mut answer = Vec::new();
+        for (rid, req_id) in &pending {
+            if staying > needed {
+                answer.push((*rid, *req_id));
+                staying -= 1;
+            }
+        }
+        if answer.len() < pending.len() {
+            let asking: HashSet<u64> = pending.iter().map(|(r, _)| *r).collect();
+            if mounted.iter().all(|r| asking.contains(r)) {
+                answer = pending.clone();
+            }
+        }
+        for (rid, req_id) in answer {
+            lock(&self.farewells).remove(&rid);
+            let res = self.farewell(rid);
+            if let Some(n) = self.net() {
+                n.respond(rid, req_id, res);
+            }
+        }
     }
 
     /// One pass of the recovery timer.
     fn tick(&self) {
+        self.process_farewells();
         let now = Instant::now();
         let own = self.opts.rid;
         let timed_out = lock(&self.recovery).timed_out(now);
@@ -575,13 +660,13 @@ impl ServerCalls for Calls {
                 None
             }
             Request::Farewell => {
-                let res = run.server.with(|s| s.handle(rid, Request::Farewell));
-                if res.is_ok() {
-                    lock(&run.departed).insert(rid);
-                    lock(&run.recovery).remove(rid);
-                    lock(&run.disconnected).remove(&rid);
-                    run.drop_lock_state(rid);
+                if run.quorum_members().0.contains(&rid) {
+                    lock(&run.farewells).insert(rid, req_id);
+                    run.process_farewells();
+                    return None;
                 }
+                let res = run.farewell(rid);
+                run.process_farewells();
                 Some(res)
             }
             other => Some(run.server.with(|s| s.handle(rid, other))),
