@@ -206,11 +206,14 @@ fn random_operations_alternating_between_mounts_match_a_model() {
         match rng.below(6) {
             0 => {
                 let r = fs.create(ROOT_INO, &name, &file(), true);
-                if model.contains_key(&name) {
-                    assert!(matches!(r, Err(FsError::Exists)), "step {step}: {r:?}");
-                } else {
-                    r.unwrap_or_else(|e| panic!("step {step}: create: {e}"));
-                    model.insert(name, Vec::new());
+                match model.entry(name) {
+                    std::collections::btree_map::Entry::Occupied(_) => {
+                        assert!(matches!(r, Err(FsError::Exists)), "step {step}: {r:?}")
+                    }
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        r.unwrap_or_else(|e| panic!("step {step}: create: {e}"));
+                        v.insert(Vec::new());
+                    }
                 }
             }
             1 | 2 => {
