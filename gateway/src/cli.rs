@@ -229,9 +229,16 @@ pub struct QuickstartArgs {
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8049")]
     pub http_bind: std::net::SocketAddr,
 
-    /// Only create the devices, the filesystem and DIR/scoutgw.toml; do not serve.
+    /// Only create the devices, the filesystem and the configuration; do not serve.
     #[arg(long)]
     pub setup_only: bool,
+
+    /// A cluster of N nodes on this host (1-15): node i owns quorum slot i, listens on
+    /// 127.0.0.(i+1) (NFS and HTTP on the ports of --nfs-bind and --http-bind) and is
+    /// configured in DIR/node<i>.toml; each runs as its own `scoutgw serve` process.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=15))]
+    pub nodes: u8,
 }
 
 fn parse_slot(s: &str) -> Result<QuorumSlot, String> {

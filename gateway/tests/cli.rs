@@ -1033,6 +1033,56 @@ fn quickstart_formats_new_device_files_then_reuses_them_on_the_second_run() {
     assert_eq!(std::fs::metadata(&meta).unwrap().len(), META_BYTES);
 }
 
+#[test]
+fn quickstart_nodes_makes_a_slot_and_a_config_per_node_on_its_own_loopback_address() {
+    let dir = TempDir::new().unwrap();
+    let qdir = dir.path().join("qc");
+    let run = |nodes: &str| {
+        scoutgw([
+            OsStr::new("quickstart"),
+            OsStr::new("--dir"),
+            qdir.as_os_str(),
+            OsStr::new("--meta-size"),
+            OsStr::new("128M"),
+            OsStr::new("--data-size"),
+            OsStr::new("64M"),
+            OsStr::new("--nodes"),
+            OsStr::new(nodes),
+            OsStr::new("--setup-only"),
+        ])
+    };
+    run("3")
+        .code(0)
+        .stdout_has("Created scoutgw filesystem")
+        .stdout_has("node2.toml");
+    let print = scoutgw([
+        OsStr::new("print"),
+        qdir.join("meta.dev").as_os_str(),
+        OsStr::new("--json"),
+    ]);
+    let r = print.code(0).json();
+    let slots = r["quorum_slots"].as_array().expect("quorum slots");
+    assert_eq!(slots.len(), 3, "{r}");
+    for (i, s) in slots.iter().enumerate() {
+        let addr = s["addr"].as_str().unwrap();
+        assert!(
+            addr.starts_with(&format!("127.0.0.{}:", i + 1)),
+            "slot {i} on 127.0.0.{}: {addr}",
+            i + 1
+        );
+    }
+    for i in 0..3 {
+        let text = std::fs::read_to_string(qdir.join(format!("node{i}.toml"))).unwrap();
+        assert!(text.contains(&format!("quorum_slot = {i}")), "{text}");
+        assert!(
+            text.contains(&format!("bind = \"127.0.0.{}:2049\"", i + 1)),
+            "{text}"
+        );
+    }
+    // The folder's filesystem has three slots: a different node count is refused.
+    run("2").code(2).stderr_has("3 quorum slot(s), not 2");
+}
+
 /// The fsid of every `fsid ...` line of a quickstart output, which must all agree.
 #[track_caller]
 fn fsid_lines(out: &Out) -> String {

@@ -49,6 +49,153 @@ fn quorum_addr(addr: SocketAddrV4) -> Result<SocketAddrV4, CliError> {
     )))
 }
 
+/// The loopback address of node `i` of a local cluster.
+fn node_ip(i: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, i + 1)
+}
+
+/// Quorum slots of a local cluster: node i on 127.0.0.(i+1), all on one port (`port`, or
+/// one free for UDP and TCP on every node's address when 0).
+fn cluster_slots(nodes: u8, port: u16) -> Result<Vec<QuorumSlot>, CliError> {
+    let free_everywhere = |p: u16| {
+        (0..nodes).all(|i| {
+            let sa = SocketAddrV4::new(node_ip(i), p);
+            std::net::TcpListener::bind(sa).is_ok() && std::net::UdpSocket::bind(sa).is_ok()
+        })
+    };
+    let port = if port != 0 {
+        port
+    } else {
+        (0..64)
+            .filter_map(|_| quorum_addr(SocketAddrV4::new(node_ip(0), 0)).ok())
+            .map(|sa| sa.port())
+            .find(|p| free_everywhere(*p))
+            .ok_or_else(|| CliError::Node("no quorum port free on every node address".into()))?
+    };
+    Ok((0..nodes)
+        .map(|i| QuorumSlot {
+            nr: i,
+            addr: SocketAddrV4::new(node_ip(i), port),
+        })
+        .collect())
+}
+
+/// `quickstart --nodes N`: a configuration per node, then (unless --setup-only) one
+/// `scoutgw serve` process per node until Ctrl-C or SIGTERM, which stops them all cleanly.
+fn cluster(a: &QuickstartArgs) -> Result<(), CliError> {
+    let slots = {
+        let meta = open_device(&a.dir.join("meta.dev"), false)?;
+        scoutgw_cluster::format::super_block::SuperBlock::read(&*meta)?
+            .qconf
+            .present()
+            .count()
+    };
+    if slots != a.nodes as usize {
+        return Err(CliError::Usage(format!(
+            "{} holds a filesystem with {slots} quorum slot(s), not {}; use another --dir",
+            a.dir.display(),
+            a.nodes
+        )));
+    }
+    let mut configs = Vec::new();
+    for i in 0..a.nodes {
+        let path = a.dir.join(format!("node{i}.toml"));
+        if !path.exists() {
+            let nfs = std::net::SocketAddr::new(node_ip(i).into(), a.nfs_bind.port());
+            let http = std::net::SocketAddr::new(node_ip(i).into(), a.http_bind.port());
+            write_node_config(&path, &a.dir, i, nfs, http)?;
+            println!("wrote {}", path.display());
+        }
+        configs.push(path);
+    }
+    if a.setup_only {
+        println!();
+        println!("Next: start every node (each its own process):");
+        for c in &configs {
+            println!("  scoutgw serve --config {} &", c.display());
+        }
+        return Ok(());
+    }
+    let exe = std::env::current_exe().map_err(|e| CliError::Node(format!("own path: {e}")))?;
+    let mut children = Vec::new();
+    for c in &configs {
+        let child = std::process::Command::new(&exe)
+            .arg("serve")
+            .arg("--config")
+            .arg(c)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| CliError::Node(format!("starting a node for {}: {e}", c.display())))?;
+        children.push(child);
+    }
+    println!(
+        "scoutgw: {} nodes starting (NFS and HTTP on 127.0.0.1..{}); Ctrl-C stops them all.",
+        a.nodes,
+        node_ip(a.nodes - 1)
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Node(format!("runtime: {e}")))?;
+    rt.block_on(crate::node::wait_for_signal());
+    for c in &children {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+    }
+    let mut failed = 0;
+    for mut c in children {
+        if !c.wait().is_ok_and(|s| s.success()) {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        return Err(CliError::Node(format!(
+            "{failed} node(s) did not stop cleanly"
+        )));
+    }
+    Ok(())
+}
+
+/// Configuration of node `i` of a local cluster under `dir`.
+fn write_node_config(
+    path: &Path,
+    dir: &Path,
+    i: u8,
+    nfs: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+) -> Result<(), CliError> {
+    let io = |source| CliError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = std::fs::canonicalize(dir).map_err(io)?;
+    let text = format!(
+        "# Node {i} of a local cluster, written by `scoutgw quickstart --nodes`; every key is\n\
+         # described in packaging/scoutgw.toml.\n\
+         [node]\n\
+         meta_device = {meta:?}\n\
+         data_device = {data:?}\n\
+         state_dir = {state:?}\n\
+         \n\
+         [nfs]\n\
+         bind = \"{nfs}\"\n\
+         \n\
+         [http]\n\
+         bind = \"{http}\"\n\
+         \n\
+         [export]\n\
+         clients = [\"127.0.0.0/8\"]\n\
+         \n\
+         [cluster]\n\
+         quorum_slot = {i}\n",
+        meta = dir.join("meta.dev"),
+        data = dir.join("data.dev"),
+        state = dir.join(format!("node{i}")),
+    );
+    std::fs::write(path, text).map_err(io)
+}
+
 pub fn run(a: &QuickstartArgs) -> Result<(), CliError> {
     std::fs::create_dir_all(&a.dir).map_err(|source| CliError::Io {
         path: a.dir.clone(),
@@ -78,10 +225,14 @@ pub fn run(a: &QuickstartArgs) -> Result<(), CliError> {
         );
     } else {
         let opts = MkfsOptions {
-            slots: vec![QuorumSlot {
-                nr: 0,
-                addr: quorum_addr(a.quorum_addr)?,
-            }],
+            slots: if a.nodes == 1 {
+                vec![QuorumSlot {
+                    nr: 0,
+                    addr: quorum_addr(a.quorum_addr)?,
+                }]
+            } else {
+                cluster_slots(a.nodes, a.quorum_addr.port())?
+            },
             allow_small_size: true,
             ..MkfsOptions::default()
         };
@@ -92,6 +243,9 @@ pub fn run(a: &QuickstartArgs) -> Result<(), CliError> {
     print!("{}", super::print::render(&report));
     if !report.errors.is_empty() {
         return Err(CliError::Damaged(report.errors.len()));
+    }
+    if a.nodes > 1 {
+        return cluster(a);
     }
     let config_path = a.dir.join("scoutgw.toml");
     if !config_path.exists() {
