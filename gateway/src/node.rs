@@ -318,7 +318,13 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(Serving)) -> Result<(), CliEr
             fsid,
         });
 
-        wait_for_signal().await;
+        let fenced = tokio::select! {
+            _ = wait_for_signal() => None,
+            why = watch_fenced(node.clone()) => Some(why),
+        };
+        if let Some(why) = &fenced {
+            tracing::error!("this node can no longer use the filesystem ({why}); stopping");
+        }
         tracing::info!("shutting down: no new requests; waiting for those in flight");
         ready.store(false, Ordering::Relaxed);
         let _ = stop_tx.send(true);
@@ -329,7 +335,10 @@ pub fn run(cfg: &NodeConfig, on_ready: impl FnOnce(Serving)) -> Result<(), CliEr
             Err(_) => tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}"),
         }
         let _ = committer.await;
-        Ok::<(), CliError>(())
+        match fenced {
+            Some(why) => Err(CliError::Node(format!("left the cluster: {why}"))),
+            None => Ok::<(), CliError>(()),
+        }
     });
     rt.shutdown_timeout(Duration::from_secs(5));
     drop(svc);
@@ -408,6 +417,17 @@ async fn commit_periodically(
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!("periodic commit failed: {e}"),
             Err(e) => tracing::error!("periodic commit panicked: {e}"),
+        }
+    }
+}
+
+/// Resolves once the cluster fenced this node (its link to the server stopped for good).
+async fn watch_fenced(node: Arc<ClusterNode>) -> String {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        if let Some(why) = node.fenced() {
+            return why.to_string();
         }
     }
 }

@@ -240,6 +240,11 @@ impl NetClient {
         lock(&self.inner.state).up
     }
 
+    /// Why the client stopped for good (fenced, shut down, gave up), if it did.
+    pub fn stopped(&self) -> Option<ServerError> {
+        lock(&self.inner.state).dead.clone()
+    }
+
     /// Fail waiting calls with [`ServerError::Unreachable`], close the socket, stop the
     /// threads (joined unless called from one of them).
     pub fn shutdown(&self) {

@@ -244,6 +244,12 @@ impl ClusterNode {
         self.fsid
     }
 
+    /// The server fenced this mount (or the link stopped for good): it can never write
+    /// again, and the node should exit so it can be restarted as a new mount.
+    pub fn fenced(&self) -> Option<ServerError> {
+        self.client.stopped()
+    }
+
     /// Lock requests, grants and invalidations per mode on this node.
     pub fn lock_counts(&self) -> [(LockMode, LockCounts); 4] {
         self.locks.counts()
