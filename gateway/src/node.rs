@@ -162,10 +162,33 @@ fn cluster_view(node: &Arc<ClusterNode>, meta: Arc<dyn BlockDevice>) -> ClusterV
                 "rid": format!("{:016x}", l.rid),
             })
         });
+        let lock_server = node.lock_server_report(10).map(|r| {
+            let busiest: Vec<_> = r
+                .busiest
+                .iter()
+                .map(|(k, c)| {
+                    json!({
+                        "lock": format!(
+                            "{}:{}:{}:{}",
+                            scoutgw_cluster::format::key::zone::name(k.zone),
+                            k.first.get(),
+                            k.ty,
+                            k.second.get()
+                        ),
+                        "requests": c.requests,
+                        "grants": c.grants,
+                        "invalidations": c.invalidations,
+                        "invalidation_responses": c.invalidation_responses,
+                    })
+                })
+                .collect();
+            json!({ "lock_objects": r.lock_objects, "busiest": busiest })
+        });
         Ok(json!({
             "fsid": format!("{:016x}", sb.fsid()),
             "term": term,
             "leader": leader,
+            "lock_server": lock_server,
             "quorum_slots": slots,
             "mounted_clients": mounted,
             "this_node": {

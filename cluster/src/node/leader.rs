@@ -71,6 +71,15 @@ pub struct ServerRunStats {
     pub merge_backlog: u64,
 }
 
+/// The lock server as seen from outside.
+#[derive(Debug, Clone, Default)]
+pub struct LockServerReport {
+    /// Lock objects allocated (locks granted or wanted by some node).
+    pub lock_objects: usize,
+    /// The busiest of them with their message counts, busiest first.
+    pub busiest: Vec<(Key, crate::lock_server::LockMessageCounts)>,
+}
+
 /// The node's [`ServerControl`]: what the quorum agent starts and stops.
 pub(crate) struct LeaderControl {
     meta: Arc<dyn BlockDevice>,
@@ -111,6 +120,21 @@ impl LeaderControl {
     pub(crate) fn stats(&self) -> Option<ServerRunStats> {
         let run = self.state().running.clone()?;
         Some(run.stats())
+    }
+
+    /// Lock objects the lock server holds and the `n` with the most messages (seed 001,
+    /// 2021-08-25: where conflicts happen), while this node leads.
+    pub(crate) fn lock_report(&self, n: usize) -> Option<LockServerReport> {
+        let run = self.state().running.clone()?;
+        let mut all = run.locks.message_counts();
+        all.sort_by_key(|(_, c)| {
+            std::cmp::Reverse(c.requests + c.grants + c.invalidations + c.invalidation_responses)
+        });
+        all.truncate(n);
+        Some(LockServerReport {
+            lock_objects: run.locks.lock_objects(),
+            busiest: all,
+        })
     }
 
     pub(crate) fn cache_stats(&self) -> Option<scoutgw_blockdev::CacheStats> {

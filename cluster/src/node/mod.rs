@@ -34,7 +34,7 @@ use crate::net::{NetClient, NetClientOptions};
 use crate::quorum::{self, Leader, QuorumAgent, QuorumError, QuorumOptions, QuorumStatus};
 use crate::server::ServerConfig;
 
-pub use leader::ServerRunStats;
+pub use leader::{LockServerReport, ServerRunStats};
 pub use quorum::ServerStatus;
 
 /// How a node runs.
@@ -253,6 +253,11 @@ impl ClusterNode {
     /// Lock requests, grants and invalidations per mode on this node.
     pub fn lock_counts(&self) -> [(LockMode, LockCounts); 4] {
         self.locks.counts()
+    }
+
+    /// The lock server's objects and its `n` busiest locks, while this node leads.
+    pub fn lock_server_report(&self, n: usize) -> Option<LockServerReport> {
+        self.leader.lock_report(n)
     }
 
     /// Block cache statistics of this node's server, while it runs.
