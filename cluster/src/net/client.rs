@@ -71,7 +71,7 @@ impl NetClientOptions {
 /// First delay between attempts to reach a server, doubled after each failure.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 /// Longest delay between attempts.
-const RETRY_MAX: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_millis(250);
 /// The id of the transport's own greeting on each connection (callers' ids start at 1).
 const GREETING_ID: u64 = 0;
 

@@ -233,6 +233,8 @@ struct Running {
     /// Farewells of quorum members held back (rid → request id) so that enough members
     /// stay to elect a server while others are still mounted (digest §6.8).
     farewells: Mutex<std::collections::BTreeMap<u64, u64>>,
+    /// Serializes passes over `farewells`.
+    farewell_pass: Mutex<()>,
     meta: Arc<dyn BlockDevice>,
     fenced_count: AtomicU64,
     stopping: AtomicBool,
@@ -313,6 +315,7 @@ impl Running {
             fenced: Mutex::new(fenced_leaders.iter().copied().collect()),
             departed: Mutex::new(HashSet::new()),
             farewells: Mutex::new(std::collections::BTreeMap::new()),
+            farewell_pass: Mutex::new(()),
             meta: meta.clone(),
             fenced_count: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
@@ -486,13 +489,18 @@ impl Running {
     /// mounted than a vote needs, one at a time; once every mount left is a member asking
     /// to leave, all of them together.
     fn process_farewells(&self) {
-        let pending: Vec<(u64, u64)> = lock(&self.farewells)
+        // One pass at a time: connection threads and the timer all call this.
+        let _one = lock(&self.farewell_pass);
+        let own = self.opts.rid;
+        // This node's own farewell goes last: answering it lets this node stop its server.
+        let mut pending: Vec<(u64, u64)> = lock(&self.farewells)
             .iter()
             .map(|(r, q)| (*r, *q))
             .collect();
         if pending.is_empty() {
             return;
         }
+        pending.sort_by_key(|(rid, _)| *rid == own);
         let (members, slots) = self.quorum_members();
         let needed = quorum::votes_needed(slots);
         let Ok(mounted) = self.server.with(|s| s.mounted_rids()) else {
@@ -512,10 +520,17 @@ impl Running {
                 answer = pending.clone();
             }
         }
-        for (rid, req_id) in answer {
-            lock(&self.farewells).remove(&rid);
-            let res = self.farewell(rid);
-            if let Some(n) = self.net() {
+        // Reclaim every leaver first, then answer, own last: once this node's mount has
+        // its answer it stops the server, and the other answers must be out by then.
+        let done: Vec<_> = answer
+            .into_iter()
+            .map(|(rid, req_id)| {
+                lock(&self.farewells).remove(&rid);
+                (rid, req_id, self.farewell(rid))
+            })
+            .collect();
+        if let Some(n) = self.net() {
+            for (rid, req_id, res) in done {
                 n.respond(rid, req_id, res);
             }
         }
