@@ -401,11 +401,26 @@ impl Client {
     /// items are dropped unless only this client's own trees changed (its commits keep them
     /// up to date).
     pub fn refresh_roots(&mut self) -> Result<(), ClientError> {
-        let roots = match self.call(Request::GetRoots)? {
-            Response::Roots(r) => r,
-            other => return Err(ClientError::Protocol(format!("{other:?} to GetRoots"))),
+        // The server may rewrite logs_root's blocks (committing for another client) between
+        // handing out the roots and this read of them: a stale block means newer roots.
+        let mut tries = 0;
+        let (roots, log_trees) = loop {
+            let roots = match self.call(Request::GetRoots)? {
+                Response::Roots(r) => r,
+                other => return Err(ClientError::Protocol(format!("{other:?} to GetRoots"))),
+            };
+            match all_log_trees(&self.md, None, &roots.logs_root) {
+                Ok(lts) => break (roots, lts),
+                Err(e) => {
+                    let e = ClientError::from(e);
+                    tries += 1;
+                    if !e.is_stale() || tries >= STALE_RETRIES {
+                        return Err(e);
+                    }
+                    self.stale_retries += 1;
+                }
+            }
         };
-        let log_trees = all_log_trees(&self.md, None, &roots.logs_root)?;
         let foreign = |fs_root: &crate::format::BtreeRoot, lts: &[LogTrees]| {
             let others: Vec<_> = lts
                 .iter()
