@@ -63,8 +63,7 @@ fn node(dir: &Path, rid: u64, slot: Option<usize>) -> ClusterNode {
         fence_timeout: Duration::from_secs(5),
         merge_interval: Duration::from_millis(100),
     };
-    ClusterNode::start(open(&dir.join("meta")), open(&dir.join("data")), opts)
-        .expect("node starts")
+    ClusterNode::start(open(&dir.join("meta")), open(&dir.join("data")), opts).expect("node starts")
 }
 
 fn rounds(n: usize, mut one: impl FnMut(usize)) -> Duration {
@@ -115,18 +114,30 @@ fn main() {
         assert_eq!(fs.read(ino, 0, 4096).expect("read"), block(i), "round {i}");
     };
 
-    let f1 = a.fs().create(ROOT_INO, b"one-node", &file, true).unwrap().ino;
+    let f1 = a
+        .fs()
+        .create(ROOT_INO, b"one-node", &file, true)
+        .unwrap()
+        .ino;
     let anchor = rounds(n, |i| {
         a.fs().write(f1, 0, &block(i)).unwrap();
         check(a.fs(), f1, i);
     });
-    let f2 = a.fs().create(ROOT_INO, b"one-node-sync", &file, true).unwrap().ino;
+    let f2 = a
+        .fs()
+        .create(ROOT_INO, b"one-node-sync", &file, true)
+        .unwrap()
+        .ino;
     let synced = rounds(n, |i| {
         a.fs().write(f2, 0, &block(i)).unwrap();
         a.fs().sync().unwrap();
         check(a.fs(), f2, i);
     });
-    let f3 = a.fs().create(ROOT_INO, b"two-nodes", &file, true).unwrap().ino;
+    let f3 = a
+        .fs()
+        .create(ROOT_INO, b"two-nodes", &file, true)
+        .unwrap()
+        .ino;
     // First touch on B (lookup) outside the timing.
     b.fs().getattr(f3).unwrap();
     let moved = rounds(n, |i| {

@@ -34,7 +34,7 @@ use crate::format::log_trees::LogTrees;
 use crate::format::{Key, KIND_BLOOM};
 use crate::lock_names::lock_start;
 use crate::msg::{Request, Response, Roots, ServerError, ServerLink, Statfs};
-use crate::server::{all_log_trees, MergeStep, Server};
+use crate::server::{read_log_trees, MergeStep, Server};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -409,13 +409,12 @@ impl Client {
                 Response::Roots(r) => r,
                 other => return Err(ClientError::Protocol(format!("{other:?} to GetRoots"))),
             };
-            match all_log_trees(&self.md, None, &roots.logs_root) {
-                Ok(lts) => break (roots, lts),
+            match read_log_trees(&self.md, None, &roots.logs_root) {
+                Ok(lts) => break (roots, lts?),
                 Err(e) => {
-                    let e = ClientError::from(e);
                     tries += 1;
                     if !e.is_stale() || tries >= STALE_RETRIES {
-                        return Err(e);
+                        return Err(e.into());
                     }
                     self.stale_retries += 1;
                 }
@@ -716,6 +715,7 @@ impl Client {
         match self.commit_inner() {
             Ok(seq) => Ok(Some(seq)),
             Err(e) => {
+                tracing::error!("commit failed, the mount must be restarted: {e}");
                 self.failed = true;
                 Err(e)
             }

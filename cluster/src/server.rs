@@ -1012,6 +1012,17 @@ pub fn all_log_trees(
     dirty: Option<&Dirty>,
     logs_root: &crate::format::BtreeRoot,
 ) -> Result<Vec<LogTrees>, ServerError> {
+    read_log_trees(md, dirty, logs_root)?
+}
+
+/// Every log_trees record in `logs_root`, keeping a block error as it is (a reader of
+/// committed roots needs to tell a stale block — retry with newer roots — from damage); the
+/// inner result fails on a record that does not decode.
+pub fn read_log_trees(
+    md: &MetaDev,
+    dirty: Option<&Dirty>,
+    logs_root: &crate::format::BtreeRoot,
+) -> Result<Result<Vec<LogTrees>, ServerError>, BtreeError> {
     let first = Key::new(zone::LOG_TREES, 0, 0, 0, 0, 0);
     let last = Key::new(
         zone::LOG_TREES,
@@ -1021,8 +1032,8 @@ pub fn all_log_trees(
         u64::MAX,
         u8::MAX,
     );
-    btree::range(md, dirty, logs_root, &first, &last)?
+    Ok(btree::range(md, dirty, logs_root, &first, &last)?
         .iter()
         .map(decode_log_trees)
-        .collect()
+        .collect())
 }

@@ -575,6 +575,20 @@ impl Running {
     }
 }
 
+fn request_name(r: &Request) -> &'static str {
+    match r {
+        Request::Greeting { .. } => "greeting",
+        Request::AllocInodes { .. } => "alloc_inodes",
+        Request::GetLogTrees => "get_log_trees",
+        Request::CommitLogTrees(_) => "commit_log_trees",
+        Request::GetRoots => "get_roots",
+        Request::GetLastSeq => "get_last_seq",
+        Request::Statfs => "statfs",
+        Request::Farewell => "farewell",
+        Request::Lock(_) => "lock",
+    }
+}
+
 fn timer_loop(run: Weak<Running>) {
     loop {
         std::thread::sleep(Duration::from_millis(100));
@@ -708,7 +722,14 @@ impl ServerCalls for Calls {
                 run.process_farewells();
                 Some(res)
             }
-            other => Some(run.server.with(|s| s.handle(rid, other))),
+            other => {
+                let what = request_name(&other);
+                let res = run.server.with(|s| s.handle(rid, other));
+                if let Err(e) = &res {
+                    tracing::error!("{what} from client {rid:016x} failed: {e}");
+                }
+                Some(res)
+            }
         }
     }
 
