@@ -103,11 +103,50 @@ struct IndexEntry {
     ino: u64,
 }
 
-fn print_json(v: &Value) {
-    println!(
+/// A command's report on standard output. A reader that goes away (`scoutgw … | head`)
+/// ends the report quietly; other write errors are errors.
+struct Out {
+    w: std::io::StdoutLock<'static>,
+    closed: bool,
+}
+
+impl Out {
+    fn new() -> Self {
+        Self {
+            w: std::io::stdout().lock(),
+            closed: false,
+        }
+    }
+
+    fn line(&mut self, args: std::fmt::Arguments) -> Result<(), CliError> {
+        use std::io::Write as _;
+        if self.closed {
+            return Ok(());
+        }
+        match writeln!(self.w, "{args}") {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            Err(e) => Err(CliError::Node(format!("writing the output: {e}"))),
+        }
+    }
+}
+
+/// `outln!(out, "fmt", args…)??`: one line of a report.
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {
+        $out.line(format_args!($($arg)*))
+    };
+}
+
+fn print_json(v: &Value) -> Result<(), CliError> {
+    outln!(
+        Out::new(),
         "{}",
         serde_json::to_string_pretty(v).expect("JSON values serialize")
-    );
+    )
 }
 
 pub fn walk_inodes(a: &WalkInodesArgs) -> Result<(), CliError> {
@@ -145,7 +184,7 @@ pub fn walk_inodes(a: &WalkInodesArgs) -> Result<(), CliError> {
                         "index": a.index,
                         "horizon": page.horizon,
                         "entries": all,
-                    }));
+                    }))?;
                 }
                 return Ok(());
             }
@@ -154,6 +193,7 @@ pub fn walk_inodes(a: &WalkInodesArgs) -> Result<(), CliError> {
 }
 
 pub fn stat(a: &StatArgs) -> Result<(), CliError> {
+    let mut out = Out::new();
     // A path (on a mount of the gateway: st_ino is the inode number) or an inode number.
     let ino = match std::fs::metadata(&a.target) {
         Ok(m) => m.ino(),
@@ -170,7 +210,7 @@ pub fn stat(a: &StatArgs) -> Result<(), CliError> {
     };
     let v = get(&a.api, &format!("/v1/inodes/{ino}"))?;
     if a.json {
-        print_json(&v);
+        print_json(&v)?;
         return Ok(());
     }
     for key in [
@@ -189,22 +229,24 @@ pub fn stat(a: &StatArgs) -> Result<(), CliError> {
         "data_seq",
     ] {
         match &v[key] {
-            Value::String(s) => println!("{key}: {s}"),
-            other => println!("{key}: {other}"),
+            Value::String(s) => outln!(out, "{key}: {s}")?,
+            other => outln!(out, "{key}: {other}")?,
         }
     }
-    println!(
+    outln!(
+        out,
         "crtime: {}.{:09}",
         v["crtime"]["sec"],
         v["crtime"]["nsec"].as_u64().unwrap_or(0)
-    );
+    )?;
     for p in v["paths"].as_array().into_iter().flatten() {
-        println!("path: {}", p.as_str().unwrap_or(""));
+        outln!(out, "path: {}", p.as_str().unwrap_or(""))?;
     }
     Ok(())
 }
 
 pub fn search_xattrs(a: &SearchXattrsArgs) -> Result<(), CliError> {
+    let mut out = Out::new();
     let name: String = a
         .name
         .bytes()
@@ -222,7 +264,7 @@ pub fn search_xattrs(a: &SearchXattrsArgs) -> Result<(), CliError> {
             &format!("/v1/search/xattrs?name={name}&after={after}&limit=10000"),
         )?;
         for ino in page["inodes"].as_array().into_iter().flatten() {
-            println!("{ino}");
+            outln!(out, "{ino}")?;
         }
         match page["next"].as_u64() {
             Some(n) => after = n,
@@ -241,33 +283,36 @@ fn text(v: &Value) -> String {
 }
 
 pub fn cluster(a: &ClusterArgs) -> Result<(), CliError> {
+    let mut out = Out::new();
     let v = get(&a.api, "/v1/cluster")?;
     if a.json {
-        print_json(&v);
+        print_json(&v)?;
         return Ok(());
     }
-    println!("fsid: {}", text(&v["fsid"]));
-    println!("term: {}", text(&v["term"]));
+    outln!(out, "fsid: {}", text(&v["fsid"]))?;
+    outln!(out, "term: {}", text(&v["term"]))?;
     match v["leader"].as_object() {
-        Some(l) => println!(
+        Some(l) => outln!(
+            out,
             "leader: slot {} at {} (term {}, rid {})",
             text(&l["slot"]),
             text(&l["addr"]),
             text(&l["term"]),
             text(&l["rid"])
-        ),
-        None => println!("leader: none elected"),
+        )?,
+        None => outln!(out, "leader: none elected")?,
     }
     let me = &v["this_node"];
-    println!(
+    outln!(
+        out,
         "this node: rid {} role {} slot {} server term {} connected {}",
         text(&me["rid"]),
         text(&me["role"]),
         text(&me["quorum_slot"]),
         text(&me["server_term"]),
         text(&me["connected"])
-    );
-    println!("quorum slots:");
+    )?;
+    outln!(out, "quorum slots:")?;
     for s in v["quorum_slots"].as_array().into_iter().flatten() {
         let events: Vec<String> = s["events"]
             .as_array()
@@ -276,16 +321,17 @@ pub fn cluster(a: &ClusterArgs) -> Result<(), CliError> {
             .filter(|e| e["write_nr"].as_u64().unwrap_or(0) > 0)
             .map(|e| format!("{}={}", text(&e["event"]), text(&e["term"])))
             .collect();
-        println!(
+        outln!(
+            out,
             "  slot {} {} {}",
             text(&s["slot"]),
             text(&s["addr"]),
             events.join(" ")
-        );
+        )?;
     }
-    println!("mounted clients:");
+    outln!(out, "mounted clients:")?;
     for c in v["mounted_clients"].as_array().into_iter().flatten() {
-        println!("  rid {}", text(&c["rid"]));
+        outln!(out, "  rid {}", text(&c["rid"]))?;
     }
     Ok(())
 }
