@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use scoutgw_blockdev::BlockDevice;
 
 use crate::client::{LocalServer, MergerHandle};
-use crate::fence::{FenceReason, FenceRequest, Fencer};
+use crate::fence::{FenceReason, FenceRequest};
 use crate::format::Key;
 use crate::lock_server::{LockAction, LockServer};
 use crate::msg::{ClientReply, Request, Response, ServerCall, ServerError};
@@ -28,34 +28,6 @@ use crate::recovery::Recovery;
 use crate::server::{Server, ServerConfig};
 
 use super::NodeOptions;
-
-/// What the leader needs from the node's options.
-#[derive(Clone)]
-pub(crate) struct LeaderOptions {
-    rid: u64,
-    server: ServerConfig,
-    fencer: Arc<dyn Fencer>,
-    recovery_timeout: Duration,
-    reconnect_timeout: Duration,
-    idle_timeout: Duration,
-    fence_timeout: Duration,
-    merge_interval: Duration,
-}
-
-impl LeaderOptions {
-    pub(crate) fn from_node(o: &NodeOptions) -> Self {
-        Self {
-            rid: o.rid,
-            server: o.server.clone(),
-            fencer: o.fencer.clone(),
-            recovery_timeout: o.recovery_timeout,
-            reconnect_timeout: o.reconnect_timeout,
-            idle_timeout: o.idle_timeout,
-            fence_timeout: o.fence_timeout,
-            merge_interval: o.merge_interval,
-        }
-    }
-}
 
 /// Counters of a running server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,7 +56,7 @@ pub struct LockServerReport {
 pub(crate) struct LeaderControl {
     meta: Arc<dyn BlockDevice>,
     addr: Option<SocketAddr>,
-    opts: LeaderOptions,
+    opts: NodeOptions,
     state: Arc<Mutex<ControlState>>,
 }
 
@@ -99,7 +71,7 @@ impl LeaderControl {
     pub(crate) fn new(
         meta: Arc<dyn BlockDevice>,
         addr: Option<SocketAddr>,
-        opts: LeaderOptions,
+        opts: NodeOptions,
     ) -> Self {
         Self {
             meta,
@@ -215,7 +187,7 @@ impl ServerControl for LeaderControl {
 /// A running server: the engine, the lock server, recovery and the listener.
 struct Running {
     term: u64,
-    opts: LeaderOptions,
+    opts: NodeOptions,
     server: Arc<LocalServer>,
     locks: LockServer,
     net: std::sync::OnceLock<NetServer>,
@@ -270,7 +242,7 @@ impl Running {
         meta: Arc<dyn BlockDevice>,
         addr: SocketAddr,
         term: u64,
-        opts: LeaderOptions,
+        opts: NodeOptions,
     ) -> Result<Arc<Running>, StartError> {
         let fenced_leaders = fence_previous_leaders(&*meta, term, &opts)?;
         let mut server = Server::open(
@@ -607,7 +579,7 @@ fn timer_loop(run: Weak<Running>) {
 fn fence_previous_leaders(
     meta: &dyn BlockDevice,
     term: u64,
-    opts: &LeaderOptions,
+    opts: &NodeOptions,
 ) -> Result<Vec<u64>, StartError> {
     let candidates = quorum::fence_candidates(meta, term, opts.rid)?;
     if candidates.is_empty() {

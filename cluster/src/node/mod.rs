@@ -160,7 +160,7 @@ impl ClusterNode {
         let leader = Arc::new(leader::LeaderControl::new(
             meta.clone(),
             slot_addr,
-            leader::LeaderOptions::from_node(&opts),
+            opts.clone(),
         ));
         let quorum = match opts.quorum_slot {
             Some(slot) => Some(QuorumAgent::start(
