@@ -45,7 +45,8 @@
 //! 1 GiB, at least 4 GiB: 7 GiB by default) in a temporary directory under
 //! `<target dir>/bench-tmp` (or `SCOUTGW_BENCH_DIR`), `mkfs`, a `Server` behind a
 //! `LocalServer` with the background merger running every 50 ms as a node runs it, one `Fs`
-//! mounted with `LocalLocks` and `FsOptions::default()` (`max_dirty_items` 50,000: a
+//! mounted with `LocalLocks` and `FsOptions::default()` but a 1 GiB item cache
+//! (`max_dirty_items` 50,000: a
 //! transaction commits by itself every ~8,000 creates, 6 items each). The `ServerConfig`
 //! gives the client generous allocations: 8,000 metadata blocks (500 MiB, refilled below
 //! 4,000; a commit of the big directory uses under 2,000) and the whole data device; the
@@ -198,8 +199,8 @@ fn main() -> BenchResult<()> {
     let ours = if k.sides.ours() {
         let o = Ours::new(&dir, data_bytes)?;
         println!(
-            "  ours:   meta {} GiB / data {} GiB sparse files, client+server block cache {} MiB \
-             each, client_meta_fill {} (low {}), client_data_fill {} (low {}), \
+            "  ours:   meta {} GiB / data {} GiB sparse files, client+server block cache and \
+             client item cache {} MiB each, client_meta_fill {} (low {}), client_data_fill {} (low {}), \
              server_meta_high {}, max_dirty_items {}, merger every {} ms",
             META_BYTES >> 30,
             data_bytes >> 30,
@@ -277,6 +278,7 @@ fn main() -> BenchResult<()> {
     println!();
     if k.dirs {
         dir_summary(&dir_rows);
+        memory_anchor(k.small, k.big, k.seed);
     }
     if k.file {
         file_summary(&file_res, k.file_mib);
@@ -351,7 +353,10 @@ impl Ours {
             server.clone(),
             Arc::new(LocalLocks::new()),
             1,
-            FsOptions::default(),
+            FsOptions {
+                item_cache_bytes: CACHE_BYTES as usize,
+                ..FsOptions::default()
+            },
         )?;
         let merger = server.spawn_merger(MERGE_INTERVAL);
         Ok(Self {
@@ -405,6 +410,7 @@ impl Ours {
             ..
         } = self;
         drop(merger);
+        let items = fs.item_cache_stats();
         fs.unmount()?;
         let stats = md.cache_stats();
         drop(md);
@@ -416,6 +422,17 @@ impl Ours {
             stats.misses,
             disk_bytes(&meta_path)? >> 20,
             disk_bytes(&data_path)? >> 20
+        );
+        println!(
+            "ours at the end: item cache {} hits, {} misses, {} fills, {} evictions, {} \
+             invalidations; {} items, {} MiB",
+            items.hits,
+            items.misses,
+            items.fills,
+            items.evictions,
+            items.invalidations,
+            items.items,
+            items.bytes >> 20
         );
         fs::remove_file(&meta_path)?;
         fs::remove_file(&data_path)?;
@@ -810,6 +827,49 @@ impl Ext4Dir {
         fs::remove_dir(&self.dir)?;
         Ok(self.res)
     }
+}
+
+/// What "flat" can mean on this machine: the same random point reads, with a 168-byte value
+/// (an inode item) copied out as a stat does, in std's `HashMap` and `BTreeMap` holding as
+/// many entries as each directory has inodes, dirents, readdir and backref items (4 per
+/// entry). At the small size they sit in the CPU caches, at the big one in DRAM with a TLB
+/// miss or two per read: their growth is the part of ours no data structure avoids.
+fn memory_anchor(small: usize, big: usize, seed: u64) {
+    use std::collections::{BTreeMap, HashMap};
+    const ITEMS_PER_ENTRY: usize = 4;
+    let mut rng = SplitMix(seed ^ 0xa11c);
+    let mut run = |entries: usize| -> (f64, f64) {
+        let n = entries * ITEMS_PER_ENTRY;
+        let keys: Vec<u64> = (0..n).map(|_| rng.next()).collect();
+        let order = permutation(entries, &mut rng);
+        let time = |get: &dyn Fn(u64) -> Vec<u8>| {
+            let start = Instant::now();
+            let mut sum = 0usize;
+            for &i in &order {
+                sum += get(keys[i as usize * ITEMS_PER_ENTRY]).len();
+            }
+            assert_eq!(sum, entries * 168);
+            start.elapsed().as_secs_f64() * 1e6 / entries as f64
+        };
+        let hash: HashMap<u64, Vec<u8>> = keys.iter().map(|k| (*k, vec![7u8; 168])).collect();
+        let h = time(&|k| hash[&k].clone());
+        drop(hash);
+        let tree: BTreeMap<u64, Vec<u8>> = keys.iter().map(|k| (*k, vec![7u8; 168])).collect();
+        let t = time(&|k| tree[&k].clone());
+        (h, t)
+    };
+    let (hs, ts) = run(small);
+    let (hb, tb) = run(big);
+    println!(
+        "  memory anchor ({} and {} random reads of {} / {} items, a 168-byte value copied \
+         out): HashMap {hs:.3} / {hb:.3} µs, growth {:.2}; BTreeMap {ts:.3} / {tb:.3} µs, growth {:.2}",
+        short_count(small),
+        short_count(big),
+        small * 4,
+        big * 4,
+        hb / hs,
+        tb / ts
+    );
 }
 
 /// `path` (a directory) extended by the name of entry `i`; the caller pops it again.

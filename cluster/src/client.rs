@@ -13,13 +13,14 @@
 //! `fs_root`; the version with the greatest seq wins and a deletion item hides older
 //! versions. A log tree whose bloom filter lacks the key's lock group is skipped (for range
 //! reads too, when the range lies inside one lock group). A read that runs into a block
-//! rewritten since the roots were sampled refreshes the roots and retries. Point reads of keys
-//! read again soon are remembered for the current roots (see `CleanItems`).
+//! rewritten since the roots were sampled refreshes the roots and retries. Filesystem items
+//! are read through the mount's item cache ([`ItemCache`]): a miss reads the whole range
+//! around its key that one leaf of each tree covers, and later reads inside it walk no tree.
 //!
 //! Item seq = max(transaction seq, the write_seq of the lock the caller holds) (seed 001,
 //! 2021-06-15); callers pass their lock's write_seq (0 until cluster locks exist).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use scoutgw_blockdev::{BlockBuf, BlockRef, BlockSize, CachedBlock, MetaDev};
@@ -32,7 +33,8 @@ use crate::format::bloom::{bloom_bits, set_bit, test_bit, BloomBlockHeader};
 use crate::format::btree::ITEM_FLAG_DELETION;
 use crate::format::log_trees::LogTrees;
 use crate::format::{Key, KIND_BLOOM};
-use crate::lock_names::lock_start;
+use crate::item_cache::{ItemCache, ItemCacheStats};
+use crate::lock_names::{lock_end, lock_start};
 use crate::msg::{Request, Response, Roots, ServerError, ServerLink, Statfs};
 use crate::server::{read_log_trees, MergeStep, Server};
 
@@ -147,99 +149,12 @@ struct Trans {
 
 const STALE_RETRIES: usize = 20;
 
-/// Keys whose committed version a client remembers (see [`CleanItems`]).
-pub const CLEAN_ITEMS_MAX: usize = 65_536;
+/// Default bound of a client's item cache (see [`ItemCache`]); `Fs` sets its own.
+pub const ITEM_CACHE_BYTES: usize = 64 << 20;
 
-/// The committed version of recently read keys (a deletion, or nothing, included), as
-/// [`Client::get_item`] read it under the client's current roots: the clean side of an item
-/// cache, so a hot key (a directory's inode) is not looked up again in `fs_root` and every log
-/// tree on every operation.
-///
-/// It answers exactly what a read under the current roots would: it is emptied whenever a
-/// refresh brings roots that anyone but this client changed (`fs_root` after a merge,
-/// another client's log trees after its commits) and after a stale retry; this client's own
-/// commits update the remembered keys they wrote by the same greatest-seq rule reads use.
-/// Bounded by two generations of at most `max / 2` keys each: a full young generation
-/// becomes the old one and the old one is dropped; a hit in the old one moves to the young.
-/// A key is admitted at its second read within a while (a small table of recently read key
-/// hashes remembers the first), so reads of keys read only once (a stat of every file)
-/// neither pay for copying their item nor push the hot keys out.
-#[derive(Debug)]
-struct CleanItems {
-    young: HashMap<Key, Option<Item>>,
-    old: HashMap<Key, Option<Item>>,
-    half: usize,
-    /// Hashes of keys read once, by the hash's low bits.
-    seen: Vec<u64>,
-}
-
-/// Slots of the table of keys read once (a power of two).
-const CLEAN_SEEN_SLOTS: usize = 4096;
-
-impl CleanItems {
-    fn new(max: usize) -> Self {
-        Self {
-            young: HashMap::new(),
-            old: HashMap::new(),
-            half: (max / 2).max(1),
-            seen: vec![0; CLEAN_SEEN_SLOTS],
-        }
-    }
-
-    /// Remember `key` as read under the current roots if it was read recently before.
-    fn admit(&mut self, key: Key, v: &Option<Item>) {
-        let h = crate::format::bloom::fnv1a64(key.as_bytes()) | 1;
-        // The high bits: an FNV hash's low bits mix poorly.
-        let slot = &mut self.seen[(h >> (64 - CLEAN_SEEN_SLOTS.trailing_zeros())) as usize];
-        if *slot == h {
-            self.insert(key, v.clone());
-        } else {
-            *slot = h;
-        }
-    }
-
-    fn get(&mut self, key: &Key) -> Option<Option<Item>> {
-        if let Some(v) = self.young.get(key) {
-            return Some(v.clone());
-        }
-        let v = self.old.remove(key)?;
-        self.insert(*key, v.clone());
-        Some(v)
-    }
-
-    fn insert(&mut self, key: Key, v: Option<Item>) {
-        if self.young.len() >= self.half && !self.young.contains_key(&key) {
-            self.old = std::mem::take(&mut self.young);
-        }
-        self.young.insert(key, v);
-    }
-
-    /// This client committed `it`: a remembered key now reads as the newer of the two
-    /// versions. On equal seqs the tree order would decide; forget the key instead.
-    fn committed(&mut self, it: &Item) {
-        for gen in [&mut self.young, &mut self.old] {
-            let Some(cur) = gen.get_mut(&it.key) else {
-                continue;
-            };
-            match cur {
-                Some(c) if c.seq > it.seq => {}
-                Some(c) if c.seq == it.seq => {
-                    gen.remove(&it.key);
-                }
-                _ => *cur = Some(it.clone()),
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        self.young.clear();
-        self.old.clear();
-    }
-
-    fn len(&self) -> usize {
-        self.young.len() + self.old.len()
-    }
-}
+/// Range reads of at most this many items fill the item cache even when the filled range
+/// would not cover the whole range asked for (a `next` over a file's extents).
+const FILL_SMALL_SCAN: usize = 16;
 
 /// One mount's view of the filesystem's items.
 pub struct Client {
@@ -254,10 +169,8 @@ pub struct Client {
     /// Each log tree's bloom block, read at its first use under these roots (a read does
     /// not go through the block cache for it again).
     blooms: Vec<std::sync::OnceLock<Arc<CachedBlock>>>,
-    /// Committed versions of recently read keys, valid for `roots` and `log_trees`.
-    clean: CleanItems,
-    /// Point reads answered by `clean`.
-    clean_hits: u64,
+    /// Committed items by covered key range (see [`ItemCache`]).
+    cache: ItemCache,
     failed: bool,
     /// Reads retried because the roots they followed had gone stale.
     stale_retries: u64,
@@ -305,11 +218,12 @@ impl Client {
                 fs_root: Default::default(),
                 logs_root: Default::default(),
                 srch_root: Default::default(),
+                server_incarnation: 0,
+                trees_merged: 0,
             },
             log_trees: Vec::new(),
             blooms: Vec::new(),
-            clean: CleanItems::new(CLEAN_ITEMS_MAX),
-            clean_hits: 0,
+            cache: ItemCache::new(ITEM_CACHE_BYTES),
             failed: false,
             stale_retries: 0,
             refresh_every: None,
@@ -358,14 +272,14 @@ impl Client {
         self.stale_retries
     }
 
-    /// Point reads answered from the remembered committed items so far.
-    pub fn clean_item_hits(&self) -> u64 {
-        self.clean_hits
+    /// What the item cache has done, and holds now.
+    pub fn item_cache_stats(&self) -> ItemCacheStats {
+        self.cache.stats()
     }
 
-    /// Keys whose committed version is remembered now.
-    pub fn clean_items(&self) -> usize {
-        self.clean.len()
+    /// Bound the item cache to about `bytes` of memory (0 turns it off). Empties it.
+    pub fn set_item_cache_bytes(&mut self, bytes: usize) {
+        self.cache = ItemCache::new(bytes);
     }
 
     /// Items changed in the open transaction.
@@ -392,9 +306,9 @@ impl Client {
         Ok(())
     }
 
-    /// Forget every remembered committed item (a lock they were read under is going away).
-    pub fn drop_clean_items(&mut self) {
-        self.clean.clear();
+    /// Forget every cached item (a lock they were read under is going away).
+    pub fn drop_cached_items(&mut self) {
+        self.cache.clear();
     }
 
     /// Sample the last committed roots and the log trees they name. Remembered committed
@@ -420,16 +334,12 @@ impl Client {
                 }
             }
         };
-        let foreign = |fs_root: &crate::format::BtreeRoot, lts: &[LogTrees]| {
-            let others: Vec<_> = lts
-                .iter()
-                .filter(|lt| lt.rid.get() != self.rid)
-                .map(|lt| (lt.rid.get(), lt.nr.get(), lt.item_root))
-                .collect();
-            (*fs_root, others)
-        };
-        if foreign(&roots.fs_root, &log_trees) != foreign(&self.roots.fs_root, &self.log_trees) {
-            self.clean.clear();
+        if foreign_changes(
+            self.rid,
+            (&self.roots, &self.log_trees),
+            (&roots, &log_trees),
+        ) {
+            self.cache.clear();
         }
         self.roots = roots;
         self.blooms = log_trees.iter().map(|_| Default::default()).collect();
@@ -458,7 +368,6 @@ impl Client {
             match f(self) {
                 Err(e) if e.is_stale() => {
                     self.stale_retries += 1;
-                    self.clean.clear();
                     self.refresh_roots()?
                 }
                 other => return other,
@@ -516,14 +425,103 @@ impl Client {
             return Ok(live(it.clone()));
         }
         self.refresh_if_old()?;
-        if let Some(v) = self.clean.get(key) {
-            self.clean_hits += 1;
-            return Ok(v.and_then(live));
+        if let Some(v) = self.cache.get(key) {
+            return Ok(v);
+        }
+        if self.fill_around(key, key, 1)? {
+            if let Some(v) = self.cache.lookup(key) {
+                return Ok(v);
+            }
         }
         let key = *key;
         let found = self.with_retry(|c| c.read_committed(&key))?;
-        self.clean.admit(key, &found);
         Ok(found.and_then(live))
+    }
+
+    /// Read into the item cache every committed item of the range around `start` that one
+    /// leaf of each tree holding `start`'s lock group covers (the whole group at most).
+    /// Only filesystem items are cached. Returns whether it read a range: not when that
+    /// range would end before `end` and the caller wants more than a few items but not all
+    /// (a readdir page), which the trees answer better without copying.
+    fn fill_around(&mut self, start: &Key, end: &Key, limit: usize) -> Result<bool, ClientError> {
+        if !self.cache.enabled() || start.zone != crate::format::key::zone::FS {
+            return Ok(false);
+        }
+        let (s, e) = (*start, *end);
+        let filled = self.with_retry(|c| {
+            let (mut lo, mut hi) = (lock_start(&s), lock_end(&s));
+            let (l, h) = btree::leaf_bounds(&c.md, None, &c.roots.fs_root, &s)?;
+            (lo, hi) = (lo.max(l), hi.min(h));
+            for (i, lt) in c.log_trees.iter().enumerate() {
+                if lt.item_root.is_empty() || !c.bloom_may_hold(i, &s)? {
+                    continue;
+                }
+                let (l, h) = btree::leaf_bounds(&c.md, None, &lt.item_root, &s)?;
+                (lo, hi) = (lo.max(l), hi.min(h));
+            }
+            if hi < e && limit > FILL_SMALL_SCAN && limit != usize::MAX {
+                return Ok(None);
+            }
+            Ok(Some((lo, hi, c.scan_merged(&lo, &hi, usize::MAX, false)?)))
+        })?;
+        match filled {
+            Some((lo, hi, items)) => {
+                self.cache.fill(lo, hi, items);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// A range read answered from the item cache with the open transaction laid over it, if
+    /// the cache covers `[start, end]`, or covers from `start` on and holds `limit` items
+    /// first. Otherwise the first key it does not cover.
+    fn scan_cached(&self, start: &Key, end: &Key, limit: usize) -> Result<Vec<Item>, Key> {
+        let Some(upto) = self.cache.covered_upto(start, end) else {
+            return Err(*start);
+        };
+        let mut out = Vec::new();
+        let mut cached = self.cache.items_in(start, &upto).peekable();
+        let mut dirty = self.items.range(*start..=upto).peekable();
+        loop {
+            let (ck, dk) = (cached.peek().map(|c| c.0), dirty.peek().map(|d| *d.0));
+            let take_dirty = match (ck, dk) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(ck), Some(dk)) => {
+                    if dk == ck {
+                        // The open transaction's version wins.
+                        cached.next();
+                    }
+                    dk <= ck
+                }
+            };
+            let it = if take_dirty {
+                let (_, it) = dirty.next().expect("peeked");
+                match live(it.clone()) {
+                    Some(it) => it,
+                    None => continue,
+                }
+            } else {
+                let (k, seq, val) = cached.next().expect("peeked");
+                Item {
+                    key: k,
+                    seq,
+                    flags: 0,
+                    val: val.to_vec(),
+                }
+            };
+            out.push(it);
+            if out.len() == limit {
+                return Ok(out);
+            }
+        }
+        if upto == *end {
+            Ok(out)
+        } else {
+            Err(upto.next().expect("below end"))
+        }
     }
 
     /// The first existing item with key in `[start, end]`.
@@ -540,11 +538,43 @@ impl Client {
     /// tree merged by key, the open transaction's items on top.
     pub fn scan(&mut self, start: &Key, end: &Key, limit: usize) -> Result<Vec<Item>, ClientError> {
         let (start, end) = (*start, *end);
+        if start > end || limit == 0 {
+            return Ok(Vec::new());
+        }
         self.refresh_if_old()?;
-        self.with_retry(|c| c.scan_merged(&start, &end, limit))
+        let mut gap = match self.scan_cached(&start, &end, limit) {
+            Ok(out) => {
+                self.cache.count(true);
+                return Ok(out);
+            }
+            Err(gap) => gap,
+        };
+        self.cache.count(false);
+        // Fill the first range the cache lacks, a few times (a small range may span the
+        // leaves of two fills); big ranges (a readdir page) are read from the trees.
+        if limit <= FILL_SMALL_SCAN || lock_start(&start) == lock_start(&end) {
+            for _ in 0..4 {
+                if !self.fill_around(&gap, &end, limit)? {
+                    break;
+                }
+                gap = match self.scan_cached(&start, &end, limit) {
+                    Ok(out) => return Ok(out),
+                    Err(gap) => gap,
+                };
+            }
+        }
+        self.with_retry(|c| c.scan_merged(&start, &end, limit, true))
     }
 
-    fn scan_merged(&self, start: &Key, end: &Key, limit: usize) -> Result<Vec<Item>, ClientError> {
+    /// Up to `limit` live items in `[start, end]` from the trees, the open transaction's
+    /// changes laid over them when `with_dirty`.
+    fn scan_merged(
+        &self,
+        start: &Key,
+        end: &Key,
+        limit: usize,
+        with_dirty: bool,
+    ) -> Result<Vec<Item>, ClientError> {
         let mut out = Vec::new();
         if start > end || limit == 0 {
             return Ok(out);
@@ -565,7 +595,9 @@ impl Client {
             .filter(|r| !r.is_empty())
             .map(|r| LeafCursor::with_batch(r, *start, *end, batch))
             .collect();
-        let mut dirty = self.items.range(*start..=*end).peekable();
+        let no_dirty = BTreeMap::new();
+        let dirty_items = if with_dirty { &self.items } else { &no_dirty };
+        let mut dirty = dirty_items.range(*start..=*end).peekable();
         loop {
             let mut min = dirty.peek().map(|(k, _)| **k);
             for c in cursors.iter_mut() {
@@ -589,7 +621,7 @@ impl Client {
                     if it.key == key
                         && winner
                             .as_ref()
-                            .is_none_or(|w| w.seq <= it.seq && !self.items.contains_key(&key))
+                            .is_none_or(|w| w.seq <= it.seq && !dirty_items.contains_key(&key))
                     {
                         winner = Some(it.clone());
                     }
@@ -786,7 +818,7 @@ impl Client {
             }
         }
         for it in self.items.values() {
-            self.clean.committed(it);
+            self.cache.committed(it);
         }
         self.items.clear();
         self.refresh_roots()?;
@@ -801,6 +833,40 @@ impl Client {
             other => Err(ClientError::Protocol(format!("{other:?} to Farewell"))),
         }
     }
+}
+
+/// Whether the `new` roots and log trees may show changes by other clients that the `old`
+/// ones did not: a tree of another rid that is new with items or whose items changed, one
+/// that left the forest before it was finalized, or more trees merged than the trees with
+/// items that this client saw leave (a tree it never saw was committed and merged in
+/// between), or another server. Merges of trees it saw finalized (fs_root changing, the
+/// trees leaving) change nothing a read returns, and this client's own commits update its
+/// item cache themselves.
+fn foreign_changes(rid: u64, old: (&Roots, &[LogTrees]), new: (&Roots, &[LogTrees])) -> bool {
+    let ((old_roots, old), (new_roots, new)) = (old, new);
+    if old_roots.server_incarnation != new_roots.server_incarnation {
+        return true;
+    }
+    let same = |a: &LogTrees, b: &LogTrees| a.rid == b.rid && a.nr == b.nr;
+    let changed = new
+        .iter()
+        .filter(|lt| lt.rid.get() != rid && !lt.item_root.is_empty())
+        .any(|lt| {
+            !old.iter()
+                .any(|o| same(o, lt) && o.item_root == lt.item_root)
+        });
+    let mut seen_leave = 0u64;
+    for o in old.iter().filter(|o| !o.item_root.is_empty()) {
+        if new.iter().any(|lt| same(o, lt)) {
+            continue;
+        }
+        if o.rid.get() != rid && !o.is_finalized() {
+            return true;
+        }
+        seen_leave += 1;
+    }
+    let merged = new_roots.trees_merged.wrapping_sub(old_roots.trees_merged);
+    changed || merged > seen_leave
 }
 
 fn live(it: Item) -> Option<Item> {

@@ -24,6 +24,7 @@ pub mod format;
 pub mod fs;
 pub mod fsck;
 pub mod inspect;
+pub mod item_cache;
 pub mod lock;
 pub mod lock_client;
 pub mod lock_names;

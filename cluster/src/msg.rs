@@ -91,6 +91,11 @@ pub struct Roots {
     pub fs_root: BtreeRoot,
     pub logs_root: BtreeRoot,
     pub srch_root: BtreeRoot,
+    /// A number the serving server drew when it started, and the log trees it has merged
+    /// since: a client that sees trees leave the forest can tell whether it saw every one
+    /// of them before it was merged (its item cache depends on it).
+    pub server_incarnation: u64,
+    pub trees_merged: u64,
 }
 
 /// Free and total space.

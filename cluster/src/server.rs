@@ -118,6 +118,8 @@ pub struct Server {
     failed: bool,
     /// Log trees merged since the server started.
     trees_merged: u64,
+    /// Drawn at start, reported with the roots (see [`Roots`]).
+    incarnation: u64,
     /// The merge under way between [`Server::merge_step`] calls.
     merge: Option<MergeState>,
 }
@@ -184,6 +186,7 @@ impl Server {
             finalize_pending: BTreeSet::new(),
             failed: false,
             trees_merged: 0,
+            incarnation: incarnation(),
             merge: None,
         };
         let seq = server.take_seq();
@@ -309,6 +312,8 @@ impl Server {
             fs_root: self.stable.sb.fs_root,
             logs_root: self.stable.sb.logs_root,
             srch_root: self.stable.sb.srch_root,
+            server_incarnation: self.incarnation,
+            trees_merged: self.trees_merged,
         }
     }
 
@@ -1036,4 +1041,16 @@ pub fn read_log_trees(
         .iter()
         .map(decode_log_trees)
         .collect())
+}
+
+/// A number unlikely to repeat across server starts.
+fn incarnation() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return t ^ ((std::process::id() as u64) << 32);
+    }
+    u64::from_le_bytes(b)
 }

@@ -433,10 +433,10 @@ fn write_rounds(w: &mut Client, server: &LocalServer, keys: u64, rounds: u64, pa
     }
 }
 
-/// A reader keeps reading every key (by range and by point reads, which it remembers) while
+/// A reader keeps reading every key (by range and by point reads, which it caches) while
 /// a writer commits and a background merger folds finalized trees into fs_root in slices and
 /// frees them: the reader never sees a wrong or older value (stale roots are refreshed and
-/// retried underneath, and refreshes drop remembered items).
+/// retried underneath, and refreshes that show the writer's commits empty the cache).
 #[test]
 fn readers_stay_correct_while_trees_merge_in_the_background() {
     // A small metadata device, so freed blocks are soon reused.
@@ -462,8 +462,8 @@ fn readers_stay_correct_while_trees_merge_in_the_background() {
                 if reads.is_multiple_of(4) {
                     r.refresh_roots().unwrap();
                 }
-                // Every other pass reads key by key (the second and later through the
-                // remembered items, until a refresh brings the writer's commits).
+                // Every other pass reads key by key (through the item cache, until a
+                // refresh brings the writer's commits).
                 let vals: Vec<Vec<u8>> = if reads.is_multiple_of(2) {
                     r.range(&lo(), &hi())
                         .unwrap()
@@ -490,7 +490,7 @@ fn readers_stay_correct_while_trees_merge_in_the_background() {
                 }
                 reads += 1;
             }
-            (reads, r.stale_retries(), r.clean_item_hits())
+            (reads, r.stale_retries(), r.item_cache_stats().hits)
         })
     };
     write_rounds(&mut w, &server, 300, ROUNDS, 10);
@@ -732,10 +732,10 @@ fn a_merge_cut_short_between_slices_starts_over_after_a_restart() {
     fs.assert_fsck_clean();
 }
 
-/// A point read remembered by a client is dropped as soon as a refresh brings another
-/// client's commit: the reader sees the new version, not its remembered one.
+/// A client's item cache is emptied as soon as a refresh brings another client's commit:
+/// the reader sees the new version, not its cached one.
 #[test]
-fn a_remembered_item_is_dropped_when_another_client_commits_the_key() {
+fn cached_items_are_dropped_when_another_client_commits() {
     let fs = Fs::new();
     let server = fs.server();
     let mut a = fs.client(&server, 1);
@@ -743,57 +743,60 @@ fn a_remembered_item_is_dropped_when_another_client_commits_the_key() {
     b.put(key(1), b"v1".to_vec(), 0).unwrap();
     b.commit().unwrap();
     a.refresh_roots().unwrap();
-    // A key is remembered at its second read.
-    for _ in 0..2 {
-        assert_eq!(a.get(&key(1)).unwrap(), Some(b"v1".to_vec()));
-        assert_eq!(a.get(&key(2)).unwrap(), None);
-    }
-    let hits = a.clean_item_hits();
+    assert_eq!(a.get(&key(1)).unwrap(), Some(b"v1".to_vec()));
+    let hits = a.item_cache_stats().hits;
     assert_eq!(a.get(&key(1)).unwrap(), Some(b"v1".to_vec()));
     assert_eq!(a.get(&key(2)).unwrap(), None);
     assert_eq!(
-        a.clean_item_hits(),
+        a.item_cache_stats().hits,
         hits + 2,
-        "repeated reads are remembered"
+        "read again from the cache"
     );
     b.put(key(1), b"v2".to_vec(), 0).unwrap();
     b.put(key(2), b"new".to_vec(), 0).unwrap();
     b.commit().unwrap();
     a.refresh_roots().unwrap();
-    assert_eq!(a.clean_items(), 0);
+    assert_eq!(a.item_cache_stats().items, 0);
     assert_eq!(a.get(&key(1)).unwrap(), Some(b"v2".to_vec()));
     assert_eq!(a.get(&key(2)).unwrap(), Some(b"new".to_vec()));
 }
 
-/// Keys read once (a stat of every file) are not remembered: only a key read again while
-/// its first read is still in the recent-read table is copied in.
+/// A miss reads the whole range around its key into the cache: the neighbours, and keys
+/// that do not exist, are then answered without walking a tree, by point and range reads.
 #[test]
-fn a_key_is_remembered_at_its_second_read_only() {
+fn a_miss_fills_the_range_around_its_key() {
     let fs = Fs::new();
     let server = fs.server();
     let mut a = fs.client(&server, 1);
     for n in 0..1000 {
-        a.put(key(n), b"x".to_vec(), 0).unwrap();
+        a.put(key(n), n.to_le_bytes().to_vec(), 0).unwrap();
     }
     a.commit().unwrap();
-    for n in 0..1000 {
-        assert_eq!(a.get(&key(n)).unwrap(), Some(b"x".to_vec()));
+    let mut r = fs.client(&server, 2);
+    assert_eq!(r.get(&key(7)).unwrap(), Some(7u64.to_le_bytes().to_vec()));
+    let s = r.item_cache_stats();
+    assert_eq!((s.hits, s.misses, s.fills), (0, 1, 1));
+    assert!(s.items > 100, "a leaf's worth was read: {s:?}");
+    let reads = r.meta_dev().cache_stats();
+    for n in 0..100 {
+        assert_eq!(r.get(&key(n)).unwrap(), Some(n.to_le_bytes().to_vec()));
     }
-    assert_eq!(a.clean_items(), 0);
-    // Read twice in a row: the second read finds the first in the table.
-    assert_eq!(a.get(&key(1007)).unwrap(), None);
-    assert_eq!(a.get(&key(7)).unwrap(), Some(b"x".to_vec()));
-    assert_eq!(a.get(&key(7)).unwrap(), Some(b"x".to_vec()));
-    assert_eq!(a.clean_items(), 1);
-    let hits = a.clean_item_hits();
-    assert_eq!(a.get(&key(7)).unwrap(), Some(b"x".to_vec()));
-    assert_eq!(a.clean_item_hits(), hits + 1);
+    assert_eq!(r.get(&key(7).next().unwrap()).unwrap(), None);
+    assert_eq!(r.range(&key(10), &key(19)).unwrap().len(), 10);
+    let after = r.meta_dev().cache_stats();
+    assert_eq!(
+        after.hits + after.misses,
+        reads.hits + reads.misses,
+        "no block was read"
+    );
+    assert_eq!(r.item_cache_stats().hits, 102);
 }
 
-/// A merge changes fs_root: a refresh after it drops every remembered item (what they say
-/// is read again from the merged trees).
+/// A merge moves items into fs_root without changing what a read returns: the cache is kept
+/// across it and still answers right. But a tree of another client that committed and was
+/// merged away between two refreshes empties it.
 #[test]
-fn remembered_items_are_dropped_when_a_merge_changes_fs_root() {
+fn cached_items_survive_merges_but_not_a_commit_merged_away_unseen() {
     let fs = Fs::new();
     let server = fs.server();
     let mut a = fs.client(&server, 1);
@@ -803,43 +806,63 @@ fn remembered_items_are_dropped_when_a_merge_changes_fs_root() {
     }
     a.commit().unwrap();
     r.refresh_roots().unwrap();
-    for n in 0..200 {
-        assert_eq!(r.get(&key(n / 2)).unwrap(), Some(b"x".to_vec()));
+    for n in 0..100 {
+        assert_eq!(r.get(&key(n)).unwrap(), Some(b"x".to_vec()));
     }
-    assert_eq!(r.clean_items(), 100);
+    let cached = r.item_cache_stats().items;
+    assert_eq!(cached, 100);
     server.with(|s| s.request_merge()).unwrap();
+    a.sync().unwrap();
+    r.refresh_roots().unwrap();
     assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
     r.refresh_roots().unwrap();
-    assert_eq!(r.clean_items(), 0);
-    let hits = r.clean_item_hits();
+    assert_eq!(r.item_cache_stats().items, cached, "kept across the merge");
+    let hits = r.item_cache_stats().hits;
     assert_eq!(r.get(&key(5)).unwrap(), Some(b"x".to_vec()));
-    assert_eq!(r.clean_item_hits(), hits);
+    assert_eq!(r.item_cache_stats().hits, hits + 1);
+
+    // Now a commit r never sees before its tree is finalized and merged.
+    a.put(key(5), b"changed".to_vec(), 0).unwrap();
+    a.commit().unwrap();
+    server.with(|s| s.request_merge()).unwrap();
+    a.sync().unwrap();
+    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
+    r.refresh_roots().unwrap();
+    assert_eq!(r.item_cache_stats().items, 0, "emptied");
+    assert_eq!(r.get(&key(5)).unwrap(), Some(b"changed".to_vec()));
 }
 
-/// A client's own commits keep what it remembers: a key it read and then changed (or
-/// deleted) reads as the committed change, answered without a tree walk.
+/// A client's own commits keep its cache right: a key it read and then changed (or
+/// deleted, or created) reads as the committed change, answered without a tree walk.
 #[test]
-fn own_commits_update_remembered_items_in_place() {
+fn own_commits_update_cached_items_in_place() {
     let fs = Fs::new();
     let server = fs.server();
     let mut a = fs.client(&server, 1);
     a.put(key(1), b"v1".to_vec(), 0).unwrap();
     a.put(key(2), b"v1".to_vec(), 0).unwrap();
     a.commit().unwrap();
-    for _ in 0..2 {
-        assert_eq!(a.get(&key(1)).unwrap(), Some(b"v1".to_vec()));
-        assert_eq!(a.get(&key(2)).unwrap(), Some(b"v1".to_vec()));
-        assert_eq!(a.get(&key(3)).unwrap(), None);
-    }
+    assert_eq!(a.get(&key(1)).unwrap(), Some(b"v1".to_vec()));
+    assert_eq!(a.get(&key(2)).unwrap(), Some(b"v1".to_vec()));
+    assert_eq!(a.get(&key(3)).unwrap(), None);
     a.put(key(1), b"v2".to_vec(), 0).unwrap();
     a.delete(key(2), 0).unwrap();
     a.put(key(3), b"born".to_vec(), 0).unwrap();
+    // The open transaction is laid over the cache.
+    assert_eq!(a.range(&key(0), &key(9)).unwrap().len(), 2);
     a.commit().unwrap();
-    let hits = a.clean_item_hits();
+    let hits = a.item_cache_stats().hits;
     assert_eq!(a.get(&key(1)).unwrap(), Some(b"v2".to_vec()));
     assert_eq!(a.get(&key(2)).unwrap(), None);
     assert_eq!(a.get(&key(3)).unwrap(), Some(b"born".to_vec()));
-    assert_eq!(a.clean_item_hits(), hits + 3);
+    let got: Vec<Vec<u8>> = a
+        .range(&key(0), &key(9))
+        .unwrap()
+        .into_iter()
+        .map(|it| it.val)
+        .collect();
+    assert_eq!(got, vec![b"v2".to_vec(), b"born".to_vec()]);
+    assert_eq!(a.item_cache_stats().hits, hits + 4);
     // And a fresh mount reading the trees agrees.
     let mut c = fs.client(&server, 3);
     assert_eq!(c.get(&key(1)).unwrap(), Some(b"v2".to_vec()));
@@ -847,31 +870,26 @@ fn own_commits_update_remembered_items_in_place() {
     assert_eq!(c.get(&key(3)).unwrap(), Some(b"born".to_vec()));
 }
 
-/// Remembered items stay bounded: reading many more keys than the limit keeps at most
-/// `CLEAN_ITEMS_MAX` of them, and every read still answers right.
+/// The cache stays within its bound: reading many more keys than fit keeps its estimate
+/// below the bound, and every read still answers right.
 #[test]
-fn remembered_items_stay_below_their_bound() {
-    use scoutgw_cluster::client::CLEAN_ITEMS_MAX;
+fn the_item_cache_stays_below_its_bound() {
     let fs = Fs::with_meta_bytes(512 << 20);
     let server = fs.server();
     let mut a = fs.client(&server, 1);
-    let n = (CLEAN_ITEMS_MAX + CLEAN_ITEMS_MAX / 2) as u64;
+    let n = 100_000u64;
     for i in 0..n {
         a.put(key(i), i.to_le_bytes().to_vec(), 0).unwrap();
     }
     a.commit().unwrap();
-    for i in 0..n {
-        for _ in 0..2 {
-            assert_eq!(a.get(&key(i)).unwrap(), Some(i.to_le_bytes().to_vec()));
-        }
-        assert!(a.clean_items() <= CLEAN_ITEMS_MAX);
+    a.set_item_cache_bytes(1 << 20);
+    for i in (0..n).step_by(7) {
+        assert_eq!(a.get(&key(i)).unwrap(), Some(i.to_le_bytes().to_vec()));
+        let s = a.item_cache_stats();
+        assert!(s.bytes <= s.max_bytes, "{s:?}");
     }
-    let hits = a.clean_item_hits();
-    assert_eq!(
-        a.get(&key(n - 1)).unwrap(),
-        Some((n - 1).to_le_bytes().to_vec())
-    );
-    assert_eq!(a.clean_item_hits(), hits + 1);
+    let s = a.item_cache_stats();
+    assert!(s.evictions > 0 && s.hits > 0, "{s:?}");
 }
 
 /// A range read inside one lock group skips the log trees whose bloom filter lacks that

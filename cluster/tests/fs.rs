@@ -394,6 +394,69 @@ fn readdir_pages_end_exactly_and_read_a_page_at_once() {
     );
 }
 
+/// Lookups and stats in a directory the mount has read once are answered from its item
+/// cache, without walking a btree, after commits, a merge of the log trees and a remount too;
+/// and what the cache answers is what the trees say.
+#[test]
+fn a_warm_directory_answers_lookups_and_stats_from_the_item_cache() {
+    let mut t = T::new();
+    for round in 0..2 {
+        let fs = t.fs();
+        let dir = match fs.lookup(ROOT_INO, b"d") {
+            Ok(a) => a.ino,
+            Err(_) => fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino,
+        };
+        if round == 0 {
+            for n in 0..2000 {
+                fs.create(dir, format!("f{n:04}").as_bytes(), &file(0o644), true)
+                    .unwrap();
+            }
+            fs.sync().unwrap();
+            t.server
+                .as_ref()
+                .unwrap()
+                .with(|s| s.request_merge())
+                .unwrap();
+            fs.sync().unwrap();
+            t.server
+                .as_ref()
+                .unwrap()
+                .with(|s| s.merge_finalized())
+                .unwrap();
+        }
+        // The first pass fills the cache; the second reads no block.
+        let mut inos = Vec::new();
+        for pass in 0..2 {
+            let md = t.md.as_ref().unwrap();
+            let (s0, c0) = (md.cache_stats(), fs.item_cache_stats());
+            for n in (0..2000).rev() {
+                let a = fs.lookup(dir, format!("f{n:04}").as_bytes()).unwrap();
+                let g = fs.getattr(a.ino).unwrap();
+                assert_eq!((g.ino, g.nlink, g.size), (a.ino, 1, 0));
+                if pass == 0 {
+                    inos.push(a.ino);
+                } else {
+                    assert_eq!(inos[1999 - n], a.ino);
+                }
+            }
+            assert_eq!(fs.lookup(dir, b"nope").unwrap_err(), FsError::NotFound);
+            let (s1, c1) = (md.cache_stats(), fs.item_cache_stats());
+            let reads = s1.hits + s1.misses - s0.hits - s0.misses;
+            if pass == 1 {
+                // Only the roots, sampled again every 100 ms, are read.
+                assert!(
+                    reads < 100,
+                    "round {round}: a warm pass read {reads} blocks"
+                );
+                assert_eq!(c1.misses, c0.misses, "round {round}");
+                assert!(c1.hits >= c0.hits + 6000, "{c0:?} {c1:?}");
+            }
+        }
+        t.fsck_clean();
+        t.remount();
+    }
+}
+
 #[test]
 fn xattrs_search_and_hidden_names() {
     let mut t = T::new();

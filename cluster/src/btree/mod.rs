@@ -245,6 +245,40 @@ pub fn lookup(
     }
 }
 
+/// The key range `[lo, hi]` of the leaf that holds (or would hold) `key`, from its parents'
+/// separators. An empty tree, or one that is a single leaf, covers every key.
+pub fn leaf_bounds(
+    md: &MetaDev,
+    dirty: Option<&Dirty>,
+    root: &BtreeRoot,
+    key: &Key,
+) -> Result<(Key, Key), BtreeError> {
+    check_root(root)?;
+    let (mut lo, mut hi) = (Key::MIN, Key::MAX);
+    if root.is_empty() {
+        return Ok((lo, hi));
+    }
+    let mut r = root.block;
+    let mut level = root.height - 1;
+    while level > 0 {
+        let node = node_at(md, dirty, r, level)?;
+        let i = node.lower_bound(key);
+        if i == node.len() {
+            // Past the rightmost separator: only the tree's last key range is left, and no
+            // leaf holds such keys yet.
+            lo = node.key(i - 1).next().unwrap_or(Key::MAX);
+            return Ok((lo, hi));
+        }
+        if i > 0 {
+            lo = node.key(i - 1).next().unwrap_or(Key::MAX);
+        }
+        hi = node.key(i);
+        r = node.child(i);
+        level -= 1;
+    }
+    Ok((lo, hi))
+}
+
 /// One leaf's worth of items, in key order.
 #[derive(Debug, Clone, Default)]
 pub struct LeafRange {

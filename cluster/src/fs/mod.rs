@@ -47,6 +47,8 @@ pub struct FsOptions {
     /// Reads sample the committed roots again once they are this old, so a mount that only
     /// reads stops reading log trees merged since (`None`: only at its commits).
     pub roots_refresh: Option<Duration>,
+    /// Bound of the mount's item cache of committed items, in bytes (0 turns it off).
+    pub item_cache_bytes: usize,
 }
 
 impl Default for FsOptions {
@@ -56,6 +58,7 @@ impl Default for FsOptions {
             data_wait_timeout: Duration::from_secs(30),
             ino_batch: 1024,
             roots_refresh: Some(Duration::from_millis(100)),
+            item_cache_bytes: 256 << 20,
         }
     }
 }
@@ -124,6 +127,7 @@ impl Fs {
     ) -> Result<Self, FsError> {
         let mut client = Client::mount(md, link, rid)?;
         client.set_refresh_interval(opts.roots_refresh);
+        client.set_item_cache_bytes(opts.item_cache_bytes);
         Ok(Self {
             inner: Mutex::new(Inner {
                 client,
@@ -242,7 +246,7 @@ impl Fs {
             drop(self.data_readers.write().unwrap_or_else(|p| p.into_inner()));
         }
         if new == LockMode::Null {
-            inner.client.drop_clean_items();
+            inner.client.drop_cached_items();
         }
         Ok(())
     }
@@ -269,6 +273,11 @@ impl Fs {
     /// Statistics of the mount's metadata block cache.
     pub fn meta_cache_stats(&self) -> scoutgw_blockdev::CacheStats {
         self.inner().client.meta_dev().cache_stats()
+    }
+
+    /// Statistics of the mount's item cache.
+    pub fn item_cache_stats(&self) -> crate::item_cache::ItemCacheStats {
+        self.inner().client.item_cache_stats()
     }
 
     /// Make every change so far durable (fsync of any file, `sync`).

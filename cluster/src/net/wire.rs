@@ -443,6 +443,8 @@ fn encode_response_body(e: &mut Enc, r: &Response) -> u8 {
             e.bytes(r.fs_root.as_bytes());
             e.bytes(r.logs_root.as_bytes());
             e.bytes(r.srch_root.as_bytes());
+            e.u64(r.server_incarnation);
+            e.u64(r.trees_merged);
             cmd::ROOTS
         }
         Response::LastSeq(s) => {
@@ -616,6 +618,8 @@ pub fn decode_payload(h: &Header, payload: &[u8]) -> Result<Frame, WireError> {
                 fs_root: d.btree_root()?,
                 logs_root: d.btree_root()?,
                 srch_root: d.btree_root()?,
+                server_incarnation: d.u64()?,
+                trees_merged: d.u64()?,
             }))),
             cmd::LAST_SEQ => Message::Response(Ok(Response::LastSeq(d.u64()?))),
             cmd::STATFS => Message::Response(Ok(Response::Statfs(Statfs {
@@ -770,11 +774,20 @@ mod tests {
                 .prop_map(|(first, count)| Response::AllocInodes { first, count }),
             any_log_trees().prop_map(Response::LogTrees),
             Just(Response::Committed),
-            (any_root(), any_root(), any_root()).prop_map(|(a, b, c)| Response::Roots(Roots {
-                fs_root: a,
-                logs_root: b,
-                srch_root: c
-            })),
+            (
+                any_root(),
+                any_root(),
+                any_root(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(a, b, c, i, m)| Response::Roots(Roots {
+                    fs_root: a,
+                    logs_root: b,
+                    srch_root: c,
+                    server_incarnation: i,
+                    trees_merged: m,
+                })),
             any::<u64>().prop_map(Response::LastSeq),
             proptest::collection::vec(any::<u64>(), 7).prop_map(|v| Response::Statfs(Statfs {
                 fsid: v[0],
