@@ -116,6 +116,9 @@ pub struct NodeSection {
     /// Block cache of the metadata device, per user (client and server), in MiB.
     #[serde(default = "default_cache_mib")]
     pub cache_mib: u64,
+    /// The mount's cache of committed items (inodes, entries, xattrs, extents), in MiB.
+    #[serde(default = "default_item_cache_mib")]
+    pub item_cache_mib: u64,
     /// Log level: error, warn, info, debug or trace.
     #[serde(default = "default_log")]
     pub log: String,
@@ -197,6 +200,10 @@ impl Default for FsSection {
 }
 
 fn default_cache_mib() -> u64 {
+    256
+}
+
+fn default_item_cache_mib() -> u64 {
     256
 }
 
@@ -288,6 +295,8 @@ mod tests {
         assert_eq!(c.export.clients, ExportSection::default().clients);
         assert!(c.export.sync);
         assert_eq!(c.fs.max_dirty_items, FsSection::default().max_dirty_items);
+        assert_eq!(c.node.cache_mib, default_cache_mib());
+        assert_eq!(c.node.item_cache_mib, default_item_cache_mib());
         assert_eq!(c.http.bind, HttpSection::default().bind);
         assert_eq!(c.http.token, None);
     }

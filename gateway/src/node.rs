@@ -111,6 +111,7 @@ fn node_options(cfg: &NodeConfig, rid: u64, cache_bytes: u64) -> Result<NodeOpti
         fs: FsOptions {
             max_dirty_items: cfg.fs.max_dirty_items,
             data_wait_timeout: Duration::from_secs(cfg.fs.data_wait_timeout_secs),
+            item_cache_bytes: (cfg.node.item_cache_mib << 20) as usize,
             ..FsOptions::default()
         },
         cache_bytes,
@@ -393,6 +394,18 @@ fn refresh_metrics(m: &NodeMetrics, node: &ClusterNode) {
     }
     let c = node.fs().meta_cache_stats();
     m.set_block_cache("client", c.hits, c.misses, c.bytes);
+    let i = node.fs().item_cache_stats();
+    m.set_item_cache(
+        &[
+            ("hit", i.hits),
+            ("miss", i.misses),
+            ("fill", i.fills),
+            ("eviction", i.evictions),
+            ("invalidation", i.invalidations),
+        ],
+        i.items,
+        i.bytes,
+    );
     if let Some(sc) = node.server_cache_stats() {
         m.set_block_cache("server", sc.hits, sc.misses, sc.bytes);
     }

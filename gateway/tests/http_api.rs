@@ -1228,6 +1228,9 @@ fn metrics_count_nfs_http_commits_devices_and_locks() {
         "scoutgw_log_merge_backlog_trees gauge",
         "scoutgw_block_cache_hits_total counter",
         "scoutgw_block_cache_misses_total counter",
+        "scoutgw_item_cache_events_total counter",
+        "scoutgw_item_cache_items gauge",
+        "scoutgw_item_cache_bytes gauge",
         "scoutgw_device_io_bytes_total counter",
         "scoutgw_device_io_duration_seconds histogram",
         "scoutgw_http_requests_total counter",
@@ -1304,6 +1307,10 @@ fn metrics_count_nfs_http_commits_devices_and_locks() {
         sum_samples(&text, "scoutgw_block_cache_hits_total", &[])
             + sum_samples(&text, "scoutgw_block_cache_misses_total", &[])
             > 0.0
+    );
+    assert!(
+        sum_samples(&text, "scoutgw_item_cache_events_total", &["event=\"hit\""]) > 0.0,
+        "no item cache hits counted\n{text}"
     );
     assert!(
         sum_samples(&text, "scoutgw_lock_events_total", &[]) > 0.0,

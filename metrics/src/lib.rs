@@ -36,6 +36,9 @@ pub struct NodeMetrics {
     block_cache_hits: IntCounterVec,
     block_cache_misses: IntCounterVec,
     block_cache_bytes: IntGaugeVec,
+    item_cache_events: IntCounterVec,
+    item_cache_items: IntGauge,
+    item_cache_bytes: IntGauge,
     device_bytes: IntCounterVec,
     pub device_io_seconds: HistogramVec,
     merge_backlog: IntGauge,
@@ -166,6 +169,27 @@ impl NodeMetrics {
         .expect("valid metric");
         r.register(Box::new(block_cache_bytes.clone()))
             .expect("unique metric");
+        let item_cache_events = counter_vec(
+            &r,
+            "scoutgw_item_cache_events_total",
+            "Item cache events: hit and miss (reads), fill (ranges read from the trees), \
+             eviction (ranges dropped for space), invalidation (emptied for other nodes' changes)",
+            &["event"],
+        );
+        let item_cache_items = IntGauge::new(
+            "scoutgw_item_cache_items",
+            "Committed items held by the mount's item cache",
+        )
+        .expect("valid metric");
+        r.register(Box::new(item_cache_items.clone()))
+            .expect("unique metric");
+        let item_cache_bytes = IntGauge::new(
+            "scoutgw_item_cache_bytes",
+            "Estimated memory held by the mount's item cache",
+        )
+        .expect("valid metric");
+        r.register(Box::new(item_cache_bytes.clone()))
+            .expect("unique metric");
         let device_bytes = counter_vec(
             &r,
             "scoutgw_device_io_bytes_total",
@@ -233,6 +257,9 @@ impl NodeMetrics {
             block_cache_hits,
             block_cache_misses,
             block_cache_bytes,
+            item_cache_events,
+            item_cache_items,
+            item_cache_bytes,
             device_bytes,
             device_io_seconds,
             merge_backlog,
@@ -251,6 +278,15 @@ impl NodeMetrics {
         self.block_cache_bytes
             .with_label_values(&[user])
             .set(bytes as i64);
+    }
+
+    /// Item cache totals (event, count) and what it holds now.
+    pub fn set_item_cache(&self, events: &[(&str, u64)], items: u64, bytes: u64) {
+        for (event, total) in events {
+            catch_up(&self.item_cache_events.with_label_values(&[event]), *total);
+        }
+        self.item_cache_items.set(items as i64);
+        self.item_cache_bytes.set(bytes as i64);
     }
 
     /// Count `bytes` moved by `op` ("read" or "write") on `device` ("meta" or "data").
