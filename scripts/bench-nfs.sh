@@ -59,8 +59,10 @@ RES=$OUT/results.tsv   # run  server  client  line  seconds  amount  unit
 # --- build ---------------------------------------------------------------------------
 log "building scoutgw and the load generator (release)"
 (cd "$REPO" && cargo build --release -p scoutgw -q) || die "cargo build failed"
+# the bench's own artifact line: the scoutgw bin's may come after it (fresh artifacts)
 LOADGEN=$(cd "$REPO" && cargo bench -p scoutgw --bench nfs_load --no-run --message-format=json -q 2>/dev/null |
-  grep -o '"executable":"[^"]*"' | tail -n1 | cut -d'"' -f4)
+  grep -F '"kind":["bench"]' | grep -F '"name":"nfs_load"' |
+  grep -o '"executable":"[^"]*"' | tail -n1 | cut -d'"' -f4) || true
 [ -x "$LOADGEN" ] || die "cannot find the nfs_load bench executable"
 SCOUTGW=$REPO/target/release/scoutgw
 

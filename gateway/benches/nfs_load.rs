@@ -10,7 +10,8 @@
 //! MOUNT MNT gives the root handle, MKDIR makes a fresh directory (`--dir`, default
 //! `nfsload-<pid>-<nanos>`), then the phases run in order:
 //! - **create**: per file CREATE (UNCHECKED, mode 0644) then WRITE of `--size` bytes
-//!   (UNSTABLE), and with `--commit` a COMMIT of the file (what a kernel client's close does);
+//!   (UNSTABLE; no WRITE with `--size 0`: the file stays empty), and with `--commit` a COMMIT
+//!   of the file (what a kernel client's close does);
 //! - **stat**: LOOKUP of every name (a cold `stat`), checking the size in the attributes;
 //! - **getattr**: GETATTR of every handle the lookups returned (a warm `stat` revalidation);
 //! - **readdir**: READDIRPLUS of the whole directory (64 KiB replies), `--readdir-repeat`
@@ -345,7 +346,10 @@ async fn run(o: Opts) -> Res<()> {
         let t0 = Instant::now();
         match op.as_str() {
             "create" => {
+                let write = o.size > 0;
                 pipeline(&mut c, o.files, o.depth, |i, stage, reply| {
+                    // stages: 0 CREATE, 1 WRITE (skipped with --size 0), 2 COMMIT (--commit)
+                    let stage = stage + usize::from(!write && stage >= 1);
                     Ok(match stage {
                         0 => {
                             let mut w = diropargs(&dir, &name(i));
@@ -361,11 +365,15 @@ async fn run(o: Opts) -> Res<()> {
                             Some((WRITE, w.buf))
                         }
                         2 => {
-                            let mut r = XdrReader::new(reply.unwrap());
-                            status(&mut r, "WRITE")?;
-                            skip_wcc(&mut r)?;
-                            if r.u32()? as usize != data.len() {
-                                return Err("short WRITE".into());
+                            if write {
+                                let mut r = XdrReader::new(reply.unwrap());
+                                status(&mut r, "WRITE")?;
+                                skip_wcc(&mut r)?;
+                                if r.u32()? as usize != data.len() {
+                                    return Err("short WRITE".into());
+                                }
+                            } else {
+                                handles[i] = created_fh(reply.unwrap(), "CREATE")?;
                             }
                             if o.commit {
                                 let mut w = XdrWriter::new();
