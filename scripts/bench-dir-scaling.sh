@@ -34,6 +34,8 @@
 # knobs: SMALL=10000 BIG=1000000 PORT=18300 (uses PORT..PORT+2) SYNC=0|1 DEPTH=8
 #        READDIR_REPEAT_SMALL=5 READDIR_REPEAT_BIG=1 META_SIZE=16G DATA_SIZE=2G
 #        CACHE_MIB= (node.cache_mib; empty = the config default, 256)
+#        ITEM_CACHE_MIB= (node.item_cache_mib; empty = the config default, 256; a 1M-entry
+#        directory's inodes and entries take about 550 MiB)
 #        BENCH_DIR=target/bench-dir-scaling OUT=$BENCH_DIR/results-<date> KEEP=0 (1: keep
 #        the device files)
 # needs: a Rust toolchain (cargo), curl; disk: the device files are sparse, 1,000,000
@@ -52,6 +54,7 @@ READDIR_REPEAT_BIG=${READDIR_REPEAT_BIG:-1}
 META_SIZE=${META_SIZE:-16G}
 DATA_SIZE=${DATA_SIZE:-2G}
 CACHE_MIB=${CACHE_MIB:-}
+ITEM_CACHE_MIB=${ITEM_CACHE_MIB:-}
 BENCH_DIR=${BENCH_DIR:-$REPO/target/bench-dir-scaling}
 OUT=${OUT:-$BENCH_DIR/results-$(date +%Y%m%d-%H%M%S)}
 KEEP=${KEEP:-0}
@@ -63,6 +66,7 @@ for v in SMALL BIG PORT DEPTH READDIR_REPEAT_SMALL READDIR_REPEAT_BIG; do
   isnum "${!v}" || die "$v must be a positive integer, not '${!v}'"
 done
 [ -z "$CACHE_MIB" ] || isnum "$CACHE_MIB" || die "CACHE_MIB must be a positive integer"
+[ -z "$ITEM_CACHE_MIB" ] || isnum "$ITEM_CACHE_MIB" || die "ITEM_CACHE_MIB must be a positive integer"
 case $SYNC in
   0) SYNC_BOOL=false ;;
   1) SYNC_BOOL=true ;;
@@ -125,7 +129,7 @@ SCOUTGW=$REPO/target/release/scoutgw
 {
   echo "bench-dir-scaling $(date -u +%FT%TZ) on $(hostname): $(nproc) CPUs, $(free -g | awk '/^Mem:/ {print $2}') GiB RAM"
   echo "git $(cd "$REPO" && git rev-parse --short HEAD 2> /dev/null || echo '?')$(cd "$REPO" && git diff --quiet HEAD -- gateway cluster blockdev metrics 2> /dev/null || echo ' (+ uncommitted changes in the tree)')"
-  echo "SMALL=$SMALL BIG=$BIG SYNC=$SYNC DEPTH=$DEPTH READDIR_REPEAT_SMALL=$READDIR_REPEAT_SMALL READDIR_REPEAT_BIG=$READDIR_REPEAT_BIG META_SIZE=$META_SIZE DATA_SIZE=$DATA_SIZE CACHE_MIB=${CACHE_MIB:-default} PORT=$PORT"
+  echo "SMALL=$SMALL BIG=$BIG SYNC=$SYNC DEPTH=$DEPTH READDIR_REPEAT_SMALL=$READDIR_REPEAT_SMALL READDIR_REPEAT_BIG=$READDIR_REPEAT_BIG META_SIZE=$META_SIZE DATA_SIZE=$DATA_SIZE CACHE_MIB=${CACHE_MIB:-default} ITEM_CACHE_MIB=${ITEM_CACHE_MIB:-default} PORT=$PORT"
   echo "devices: $FS on $(df -T "$BENCH_DIR" | awk 'NR == 2 {print $1, $2}')"
   echo "load at start: $(uptime)"
 } | tee "$OUT/setup.txt"
@@ -135,6 +139,7 @@ rm -rf "$FS"
 log "starting scoutgw quickstart (export.sync=$SYNC_BOOL) on 127.0.0.1:$PORT"
 senv=(SCOUTGW_EXPORT__SYNC="$SYNC_BOOL")
 [ -z "$CACHE_MIB" ] || senv+=(SCOUTGW_NODE__CACHE_MIB="$CACHE_MIB")
+[ -z "$ITEM_CACHE_MIB" ] || senv+=(SCOUTGW_NODE__ITEM_CACHE_MIB="$ITEM_CACHE_MIB")
 env "${senv[@]}" "$SCOUTGW" quickstart --dir "$FS" --meta-size "$META_SIZE" --data-size "$DATA_SIZE" \
   --nfs-bind "127.0.0.1:$PORT" --http-bind "127.0.0.1:$HTTP_PORT" \
   --quorum-addr "127.0.0.1:$QUORUM_PORT" > "$OUT/scoutgw.log" 2>&1 &

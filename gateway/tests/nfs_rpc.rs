@@ -835,6 +835,24 @@ fn readdirplus_cookies_resume_while_the_directory_changes() {
         verf = p.verf;
     }
     assert_eq!(plain, plus);
+    // A client's usual shape: dircount far above what maxcount lets through. Each reply
+    // holds as many entries as fit, and the listing is the same.
+    let mut small = Vec::new();
+    let (mut cookie, mut verf, mut replies) = (0, [0; 8], 0);
+    loop {
+        let p = c.readdirplus(&d, cookie, verf, 65536, 2048).unwrap();
+        assert!(p.len <= 2048, "a reply of {} bytes", p.len);
+        replies += 1;
+        assert!(p.eof || p.entries.len() >= 8, "{} entries", p.entries.len());
+        small.extend(p.entries.iter().map(|e| e.name.clone()));
+        if p.eof {
+            break;
+        }
+        cookie = p.entries.last().unwrap().cookie;
+        verf = p.verf;
+    }
+    assert!(replies > 3, "{replies} replies");
+    assert_eq!(plain, small);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ use crate::group_commit::GroupCommit;
 use super::export::{
     may_access_data, may_delete, permits, Caller, ExportOptions, MAY_EXEC, MAY_READ, MAY_WRITE,
 };
-use super::handle::FileHandle;
+use super::handle::{FileHandle, HANDLE_LEN};
 use super::status::{handle_status, nfs_status};
 use super::xdr::{XdrError, XdrReader, XdrWriter};
 
@@ -1059,8 +1059,12 @@ impl Nfs3 {
             if !permits(&d, c, MAY_READ) {
                 return Err(nfsstat3::NFS3ERR_ACCES);
             }
-            // The smallest entry takes 24 bytes of dircount.
-            let want = (dircount / 24).clamp(1, 8192);
+            // The smallest entry takes 24 bytes of dircount, and of maxcount with READDIRPLUS
+            // its attributes (4 + 84) and handle (4 + 4 + HANDLE_LEN) on top: read no more
+            // entries than can fit, or every call of a long listing reads (and throws away)
+            // several replies' worth.
+            let min_entry = if plus { 24 + 88 + 8 + HANDLE_LEN } else { 24 };
+            let want = (dircount / 24).min(maxcount / min_entry).clamp(1, 8192);
             let page = self
                 .fs
                 .readdir(d.ino, cookie, want)
