@@ -329,7 +329,10 @@ impl ItemCache {
     /// covered key up to `end`.
     pub fn covered_upto(&self, start: &Key, end: &Key) -> Option<Key> {
         let (ps, pe) = (Packed::of(start), Packed::of(end));
-        let (first, _) = self.chunk_of(&ps)?;
+        let (first, c) = self.chunk_of(&ps)?;
+        if c.end >= pe {
+            return Some(*end);
+        }
         let mut reached: Option<Packed> = None;
         for (s, c) in self.chunks.range(*first..) {
             if let Some(r) = reached {
@@ -349,10 +352,17 @@ impl ItemCache {
     /// meaningful for a range [`ItemCache::covered_upto`] says is covered.
     pub fn items_in(&self, start: &Key, end: &Key) -> impl Iterator<Item = (Key, u64, &[u8])> {
         let (ps, pe) = (Packed::of(start), Packed::of(end));
-        let first = self.chunk_of(&ps).map_or(ps, |(s, _)| *s);
-        self.chunks
-            .range(first..=pe)
-            .flat_map(move |(_, c)| {
+        let found = self.chunk_of(&ps);
+        // Mostly one range holds them all: no second walk down the map.
+        let (one, first) = match found {
+            Some((_, c)) if c.end >= pe => (Some(c), None),
+            Some((s, _)) => (None, Some(*s)),
+            None => (None, Some(ps)),
+        };
+        let rest = first.map(|f| self.chunks.range(f..=pe).map(|(_, c)| &**c));
+        one.into_iter()
+            .chain(rest.into_iter().flatten())
+            .flat_map(move |c| {
                 let from = c.keys.partition_point(|k| *k < ps);
                 (from..c.keys.len()).map(move |i| (c, i))
             })
@@ -587,6 +597,20 @@ mod tests {
             .map(|(k, _, _)| k)
             .collect();
         assert_eq!(got, vec![key(700), key(707), key(714)]);
+    }
+
+    #[test]
+    fn point_reads_find_every_key_in_ranges_of_any_size() {
+        for n in [1u64, 7, 1000, 70_000] {
+            let mut c = ItemCache::new(1 << 30);
+            let items: Vec<Item> = (0..n).map(|i| item(i * 2, 1, &i.to_le_bytes())).collect();
+            c.fill(key(0), key(2 * n), items);
+            for i in 0..2 * n {
+                let got = c.get(&key(i)).unwrap().map(|it| it.val);
+                let want = (i % 2 == 0).then(|| (i / 2).to_le_bytes().to_vec());
+                assert_eq!(got, want, "n {n} key {i}");
+            }
+        }
     }
 
     #[test]
