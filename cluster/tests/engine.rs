@@ -870,6 +870,31 @@ fn own_commits_update_cached_items_in_place() {
     assert_eq!(c.get(&key(3)).unwrap(), Some(b"born".to_vec()));
 }
 
+/// With the item cache turned off every read walks the trees and still answers right,
+/// including the open transaction laid over committed items.
+#[test]
+fn reads_are_right_with_the_item_cache_off() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    a.set_item_cache_bytes(0);
+    for n in 0..300 {
+        a.put(key(n), n.to_le_bytes().to_vec(), 0).unwrap();
+    }
+    a.commit().unwrap();
+    a.delete(key(5), 0).unwrap();
+    a.put(key(6), b"open".to_vec(), 0).unwrap();
+    for _ in 0..2 {
+        assert_eq!(a.get(&key(4)).unwrap(), Some(4u64.to_le_bytes().to_vec()));
+        assert_eq!(a.get(&key(5)).unwrap(), None);
+        assert_eq!(a.get(&key(6)).unwrap(), Some(b"open".to_vec()));
+        assert_eq!(a.range(&key(0), &key(9)).unwrap().len(), 9);
+        assert_eq!(a.next(&key(5), &key(9)).unwrap().unwrap().val, b"open");
+    }
+    let s = a.item_cache_stats();
+    assert_eq!((s.hits, s.fills, s.items), (0, 0, 0), "{s:?}");
+}
+
 /// The cache stays within its bound: reading many more keys than fit keeps its estimate
 /// below the bound, and every read still answers right.
 #[test]
