@@ -5,8 +5,18 @@
 //! before the caller's change), the caller waits for it to end and then for the next one,
 //! which the first waiter starts on behalf of everyone who queued meanwhile. N concurrent
 //! durable requests thus cost about two commits instead of N.
+//!
+//! Requests that are still applying their change when a commit is about to start (they
+//! announced it with [`GroupCommit::begin_change`]) are waited for, up to
+//! [`JOIN_WAIT`]: a commit holds the mount's mutex, so changes cannot be applied while one
+//! runs, and without the wait the next commit would start the moment the previous one ended
+//! and carry only the one or two changes that got the mutex first.
 
 use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a commit about to start waits for announced changes to be applied.
+pub const JOIN_WAIT: Duration = Duration::from_millis(2);
 
 #[derive(Debug)]
 struct State<E> {
@@ -18,6 +28,8 @@ struct State<E> {
     done: u64,
     /// Recent failed generations and their error messages.
     failed: std::collections::BTreeMap<u64, E>,
+    /// Callers applying a change they will then make durable.
+    applying: usize,
 }
 
 impl<E> Default for State<E> {
@@ -27,6 +39,7 @@ impl<E> Default for State<E> {
             started: 0,
             done: 0,
             failed: Default::default(),
+            applying: 0,
         }
     }
 }
@@ -52,6 +65,17 @@ impl<E: Clone> GroupCommit<E> {
         }
     }
 
+    /// Announce a change that will be made durable: a commit about to start waits (briefly)
+    /// until the returned guard is dropped, which the caller does once its change is applied,
+    /// before it calls [`GroupCommit::commit`] (or when it gives up).
+    pub fn begin_change(&self) -> ChangeGuard<'_, E> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .applying += 1;
+        ChangeGuard { gc: self }
+    }
+
     /// Make durable every change applied before this call, running `commit` or waiting for
     /// a commit another caller runs. A failed commit fails every caller that waited for it.
     pub fn commit(&self, commit: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
@@ -69,6 +93,23 @@ impl<E: Clone> GroupCommit<E> {
                 };
             }
             if !st.running {
+                // Let changes being applied join this commit.
+                let deadline = Instant::now() + JOIN_WAIT;
+                while st.applying > 0 && !st.running {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    st = self
+                        .finished
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                if st.running || st.done >= target {
+                    // Another caller started (or finished) the commit meanwhile.
+                    continue;
+                }
                 st.running = true;
                 st.started += 1;
                 let generation = st.started;
@@ -87,6 +128,21 @@ impl<E: Clone> GroupCommit<E> {
                 return result;
             }
             st = self.finished.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// A change being applied (see [`GroupCommit::begin_change`]).
+pub struct ChangeGuard<'a, E> {
+    gc: &'a GroupCommit<E>,
+}
+
+impl<E> Drop for ChangeGuard<'_, E> {
+    fn drop(&mut self) {
+        let mut st = self.gc.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.applying -= 1;
+        if st.applying == 0 {
+            self.gc.finished.notify_all();
         }
     }
 }
@@ -122,6 +178,57 @@ mod tests {
         }
         let c = commits.load(Ordering::SeqCst);
         assert!((1..=3).contains(&c), "{n} callers ran {c} commits");
+    }
+
+    /// Changes applied under the same mutex the commit holds (as the mount's mutex): without
+    /// waiting for announced changes each commit would carry one or two of them.
+    #[test]
+    fn announced_changes_being_applied_join_the_next_commit() {
+        let gc = Arc::new(GroupCommit::<String>::new());
+        let mount = Arc::new(Mutex::new(0u64));
+        let commits = Arc::new(AtomicU64::new(0));
+        let (threads, rounds) = (8, 10);
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (gc, mount, commits) = (gc.clone(), mount.clone(), commits.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..rounds {
+                        let change = gc.begin_change();
+                        *mount.lock().unwrap() += 1;
+                        drop(change);
+                        gc.commit(|| {
+                            let _m = mount.lock().unwrap();
+                            commits.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(3));
+                            Ok::<(), String>(())
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let c = commits.load(Ordering::SeqCst);
+        assert_eq!(*mount.lock().unwrap(), threads * rounds);
+        assert!(
+            c <= threads * rounds / 2,
+            "{c} commits for {} changes",
+            threads * rounds
+        );
+    }
+
+    /// A caller that announced a change and gave up does not hold commits back for good.
+    #[test]
+    fn a_dropped_announcement_does_not_block_commits() {
+        let gc = GroupCommit::<String>::new();
+        let change = gc.begin_change();
+        drop(change);
+        let _pending = gc.begin_change();
+        // One announcement stays open: the commit waits at most JOIN_WAIT, then runs.
+        gc.commit(|| Ok::<(), String>(())).unwrap();
+        gc.commit(|| Ok::<(), String>(())).unwrap();
     }
 
     /// A change made while a commit runs may have missed it: its caller must get a commit

@@ -360,6 +360,10 @@ impl Nfs3 {
     pub fn call(&self, procedure: u32, args: &[u8], caller: &Caller) -> Result<Vec<u8>, ProcError> {
         let mut r = XdrReader::new(args);
         let mut w = XdrWriter::new();
+        // A change a sync export commits before replying: announced, so that a commit about
+        // to start waits for it to be applied and carries it (group commit).
+        let change = (self.export.sync && metadata_fail_body(procedure).is_some())
+            .then(|| self.commits.begin_change());
         match procedure {
             proc::NULL => {}
             proc::GETATTR => self.getattr(&mut r, &mut w)?,
@@ -385,6 +389,7 @@ impl Nfs3 {
             proc::COMMIT => self.commit(&mut r, &mut w)?,
             _ => return Err(ProcError::ProcUnavail),
         }
+        drop(change);
         if self.export.sync && w.buf.starts_with(&[0; 4]) {
             if let Some(fail_body) = metadata_fail_body(procedure) {
                 if let Err(e) = self.commit_all() {
