@@ -310,7 +310,12 @@ impl ClusterNode {
             Ok(r) => r,
             Err(_) => {
                 tracing::warn!(
-                    "no server answered the farewell within {FAREWELL_TIMEOUT:?}; leaving anyway"
+                    "no server answered the farewell within {FAREWELL_TIMEOUT:?}; leaving \
+                     anyway. Either no server can be elected (the rest of the quorum is \
+                     down), or the leader held this quorum member's farewell because \
+                     answering it would leave too few members to elect a server for the \
+                     mounts still there: stop the remaining members together. Committed \
+                     changes stay; the next server recovers or fences this mount."
                 );
                 self.client.shutdown();
                 rx.recv()
