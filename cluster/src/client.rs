@@ -152,8 +152,9 @@ const STALE_RETRIES: usize = 20;
 /// Default bound of a client's item cache (see [`ItemCache`]); `Fs` sets its own.
 pub const ITEM_CACHE_BYTES: usize = 64 << 20;
 
-/// Range reads of at most this many items fill the item cache even when the filled range
-/// would not cover the whole range asked for (a `next` over a file's extents).
+/// Range reads of at most this many items, or of every item of a range inside one lock group
+/// (a name's dirent hash, an inode's xattrs), go through the item cache; bigger ones (a
+/// readdir page) are read from the trees, which answer them without copying.
 const FILL_SMALL_SCAN: usize = 16;
 
 /// One mount's view of the filesystem's items.
@@ -311,9 +312,8 @@ impl Client {
         self.cache.clear();
     }
 
-    /// Sample the last committed roots and the log trees they name. Remembered committed
-    /// items are dropped unless only this client's own trees changed (its commits keep them
-    /// up to date).
+    /// Sample the last committed roots and the log trees they name. The item cache is
+    /// emptied if they show another client's commits (see `foreign_changes`).
     pub fn refresh_roots(&mut self) -> Result<(), ClientError> {
         // The server may rewrite logs_root's blocks (committing for another client) between
         // handing out the roots and this read of them: a stale block means newer roots.
@@ -425,10 +425,11 @@ impl Client {
             return Ok(live(it.clone()));
         }
         self.refresh_if_old()?;
-        if let Some(v) = self.cache.get(key) {
-            return Ok(v);
-        }
-        if self.fill_around(key, key, 1)? {
+        if self.caches(key) {
+            if let Some(v) = self.cache.get(key) {
+                return Ok(v);
+            }
+            self.fill_around(key)?;
             if let Some(v) = self.cache.lookup(key) {
                 return Ok(v);
             }
@@ -438,17 +439,16 @@ impl Client {
         Ok(found.and_then(live))
     }
 
+    /// Whether reads of `key` go through the item cache: filesystem items, when it is on.
+    fn caches(&self, key: &Key) -> bool {
+        self.cache.enabled() && key.zone == crate::format::key::zone::FS
+    }
+
     /// Read into the item cache every committed item of the range around `start` that one
     /// leaf of each tree holding `start`'s lock group covers (the whole group at most).
-    /// Only filesystem items are cached. Returns whether it read a range: not when that
-    /// range would end before `end` and the caller wants more than a few items but not all
-    /// (a readdir page), which the trees answer better without copying.
-    fn fill_around(&mut self, start: &Key, end: &Key, limit: usize) -> Result<bool, ClientError> {
-        if !self.cache.enabled() || start.zone != crate::format::key::zone::FS {
-            return Ok(false);
-        }
-        let (s, e) = (*start, *end);
-        let filled = self.with_retry(|c| {
+    fn fill_around(&mut self, start: &Key) -> Result<(), ClientError> {
+        let s = *start;
+        let (lo, hi, items) = self.with_retry(|c| {
             let (mut lo, mut hi) = (lock_start(&s), lock_end(&s));
             let (l, h) = btree::leaf_bounds(&c.md, None, &c.roots.fs_root, &s)?;
             (lo, hi) = (lo.max(l), hi.min(h));
@@ -459,18 +459,10 @@ impl Client {
                 let (l, h) = btree::leaf_bounds(&c.md, None, &lt.item_root, &s)?;
                 (lo, hi) = (lo.max(l), hi.min(h));
             }
-            if hi < e && limit > FILL_SMALL_SCAN && limit != usize::MAX {
-                return Ok(None);
-            }
-            Ok(Some((lo, hi, c.scan_merged(&lo, &hi, usize::MAX, false)?)))
+            Ok((lo, hi, c.scan_merged(&lo, &hi, usize::MAX, false)?))
         })?;
-        match filled {
-            Some((lo, hi, items)) => {
-                self.cache.fill(lo, hi, items);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        self.cache.fill(lo, hi, items);
+        Ok(())
     }
 
     /// A range read answered from the item cache with the open transaction laid over it, if
@@ -542,21 +534,21 @@ impl Client {
             return Ok(Vec::new());
         }
         self.refresh_if_old()?;
-        let mut gap = match self.scan_cached(&start, &end, limit) {
-            Ok(out) => {
-                self.cache.count(true);
-                return Ok(out);
-            }
-            Err(gap) => gap,
-        };
-        self.cache.count(false);
-        // Fill the first range the cache lacks, a few times (a small range may span the
-        // leaves of two fills); big ranges (a readdir page) are read from the trees.
-        if limit <= FILL_SMALL_SCAN || lock_start(&start) == lock_start(&end) {
-            for _ in 0..4 {
-                if !self.fill_around(&gap, &end, limit)? {
-                    break;
+        let cached = limit <= FILL_SMALL_SCAN
+            || (limit == usize::MAX && lock_start(&start) == lock_start(&end));
+        if cached && self.caches(&start) {
+            let mut gap = match self.scan_cached(&start, &end, limit) {
+                Ok(out) => {
+                    self.cache.count(true);
+                    return Ok(out);
                 }
+                Err(gap) => gap,
+            };
+            self.cache.count(false);
+            // Fill the first range the cache lacks, a few times (a small range may span the
+            // leaves of two fills).
+            for _ in 0..4 {
+                self.fill_around(&gap)?;
                 gap = match self.scan_cached(&start, &end, limit) {
                     Ok(out) => return Ok(out),
                     Err(gap) => gap,

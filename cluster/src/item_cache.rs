@@ -157,36 +157,14 @@ impl Chunk {
         c
     }
 
-    /// Split off the upper half as a chunk of its own: `(its start, it)`.
+    /// Split off the upper half as a chunk of its own: `(its start, it)`. Everything between
+    /// the lower half's last key and the upper half's first stays covered: the lower half
+    /// ends just before the upper one starts.
     fn split(&mut self) -> (Packed, Chunk) {
-        let mid = self.keys.len() / 2;
-        let keys = self.keys.split_off(mid);
-        let seqs = self.seqs.split_off(mid);
-        let spans = self.spans.split_off(mid);
-        let mut upper = Chunk {
-            end: self.end,
-            keys,
-            seqs,
-            spans,
-            arena: self.arena.clone(),
-            garbage: 0,
-        };
-        upper.garbage = upper.arena.len() - upper.spans.iter().map(|s| s.1 as usize).sum::<usize>();
-        upper.compact();
-        self.garbage = self.arena.len() - self.spans.iter().map(|s| s.1 as usize).sum::<usize>();
-        self.compact();
-        self.keys.shrink_to_fit();
-        self.seqs.shrink_to_fit();
-        self.spans.shrink_to_fit();
-        // Everything between this half's last key and the upper half's first is covered and
-        // empty: this half ends just before the upper one starts.
-        let start = upper.keys[0];
-        self.end = Packed::of(
-            &start
-                .key()
-                .prev()
-                .expect("a key above another has a predecessor"),
-        );
+        let start = self.keys[self.keys.len() / 2];
+        let upper = self.slice(start, self.end);
+        let end = Packed::of(&start.key().prev().expect("a key above another"));
+        *self = self.slice(Packed([0; 4]), end);
         (start, upper)
     }
 
@@ -273,14 +251,6 @@ impl ItemCache {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.items
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items == 0
-    }
-
     /// Whether it may hold anything.
     pub fn enabled(&self) -> bool {
         self.max_bytes > 0
@@ -294,8 +264,9 @@ impl ItemCache {
             .map(|(s, c)| (s, &**c))
     }
 
-    /// The covered range holding `key`.
-    pub fn covering(&self, key: &Key) -> Option<(Key, Key)> {
+    /// The covered range holding `key` (the tests' view of the ranges).
+    #[cfg(test)]
+    fn covering(&self, key: &Key) -> Option<(Key, Key)> {
         self.chunk_of(&Packed::of(key))
             .map(|(s, c)| (s.key(), c.end.key()))
     }
