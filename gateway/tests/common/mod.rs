@@ -124,6 +124,21 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_scoutgw")
 }
 
+/// The lines a child writes to its piped stdout, as they come (a thread forwards them).
+pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Whether this build of the node also serves HTTP (then each test node needs its own HTTP
 /// port too: the NFS port + 500).
 fn has_http() -> bool {
@@ -210,16 +225,7 @@ impl Node {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn scoutgw serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = stdout_lines(&mut child);
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
