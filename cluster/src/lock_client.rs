@@ -57,12 +57,14 @@
 //!   granted mode runs while the cache is being emptied for a lower one. Queued
 //!   invalidations are then judged against the new mode when they reach the head (a
 //!   duplicate that the grant made moot is answered at once).
-//! * An invalidation whose `old_mode` is stronger than the mode held while one of our
-//!   requests is in flight reduces a grant that has not arrived yet: it waits at the head of
-//!   its lock's queue until that grant arrives, then reduces it. (Answering it at once and
-//!   applying the grant later would leave this node holding a mode the server believes it
-//!   gave up.) Without a request in flight such an invalidation is stale and is applied to
-//!   what is held.
+//! * An invalidation whose `old_mode` is stronger than the mode held and is the mode of our
+//!   request in flight (for write modes: with a write_seq newer than any we were granted)
+//!   reduces a grant that has not arrived yet: it waits at the head of its lock's queue
+//!   until that grant arrives, then reduces it. (Answering it at once and applying the
+//!   grant later would leave this node holding a mode the server believes it gave up.) Any
+//!   other such invalidation is stale (a dead server's, or one of a mode recovery reported
+//!   while it was still being given up) and is applied to what is held: waiting would
+//!   deadlock with a server waiting for its answer.
 //! * A new request for a lock is sent only once no invalidation of it is queued or in
 //!   progress, so the `old_mode` it states is what the server will have recorded.
 //!
@@ -115,18 +117,29 @@ pub trait LockCache: Send + Sync {
 pub const INVALIDATE_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// Is a grant of `a` at least as strong as `b` (does giving up `b` leave `a` untouched)?
-fn covers(a: LockMode, b: LockMode) -> bool {
+pub(crate) fn covers(a: LockMode, b: LockMode) -> bool {
     a == b || b == LockMode::Null || a == LockMode::Write
 }
 
 /// The strongest mode both `a` and `b` allow.
-fn meet(a: LockMode, b: LockMode) -> LockMode {
+pub(crate) fn meet(a: LockMode, b: LockMode) -> LockMode {
     if covers(a, b) {
         b
     } else if covers(b, a) {
         a
     } else {
         LockMode::Null
+    }
+}
+
+/// The weakest mode that allows everything `a` and `b` allow.
+pub(crate) fn join(a: LockMode, b: LockMode) -> LockMode {
+    if covers(a, b) {
+        a
+    } else if covers(b, a) {
+        b
+    } else {
+        LockMode::Write
     }
 }
 
@@ -194,6 +207,32 @@ impl LockState {
                 .queue
                 .iter()
                 .all(|i| meet(self.mode, i.req.new_mode).satisfies(want))
+    }
+
+    /// Does invalidation `inv` reduce the grant of our request in flight, which has not
+    /// arrived yet (the server sent both, and they crossed)? Then it must wait for that
+    /// grant. An invalidation names the mode it reduces: the grant's mode, and for write
+    /// modes its write_seq, which is new for every grant. Any other invalidation of a mode
+    /// we do not hold is stale (a dead server's, or a new server's of a mode recovery
+    /// reported while we were still giving it up, seed 000) and is applied to what we hold;
+    /// waiting for a grant would deadlock with a server waiting for the answer.
+    fn reduces_a_grant_on_its_way(&self, inv: &NetLock) -> bool {
+        let stale_write = matches!(inv.old_mode, LockMode::Write | LockMode::WriteOnly)
+            && inv.write_seq != 0
+            && inv.write_seq <= self.write_seq;
+        self.request_pending == Some(inv.old_mode)
+            && !covers(self.mode, inv.old_mode)
+            && !stale_write
+    }
+
+    /// Does `inv` name a write grant older than the one we hold (its write_seq is lower)?
+    /// Then it is stale and reduces nothing: the server made our grant after it sent that
+    /// invalidation.
+    fn older_than_our_grant(&self, inv: &NetLock) -> bool {
+        matches!(inv.old_mode, LockMode::Write | LockMode::WriteOnly)
+            && inv.write_seq != 0
+            && inv.write_seq < self.write_seq
+            && self.mode == inv.old_mode
     }
 
     /// Nothing held, used, asked or queued: the entry can go.
@@ -290,12 +329,11 @@ impl Table {
                 }
                 Phase::Idle => {}
             }
-            if st.request_pending.is_some() && !covers(st.mode, head.req.old_mode) {
-                // It reduces a grant still on its way to us.
+            if st.reduces_a_grant_on_its_way(&head.req) {
                 continue;
             }
             let target = meet(st.mode, head.req.new_mode);
-            if target == st.mode {
+            if target == st.mode || st.older_than_our_grant(&head.req) {
                 found = Some((*key, Step::Answer));
                 break;
             }
@@ -313,9 +351,10 @@ impl Table {
         let st = self.locks.get_mut(&start).expect("picked lock");
         let head = *st.queue.front().expect("picked invalidation");
         st.phase = Phase::Working;
-        let (key, write_seq, asked_old) = (head.req.key, st.write_seq, head.req.old_mode);
-        // Answers repeat the old mode the server's invalidation named (that is how the lock
-        // server matches an answer to its invalidation); new_mode is what this node holds.
+        let (key, write_seq, asked_old) = (head.req.key, head.req.write_seq, head.req.old_mode);
+        // Answers repeat the old mode and write_seq the server's invalidation named (that is
+        // how the lock server matches an answer to its invalidation); new_mode is what this
+        // node holds.
         let resp = move |_held_before: LockMode, new| NetLock {
             key,
             write_seq,
@@ -569,7 +608,8 @@ impl NetLocks {
 
     /// Server call LockRecover: our locks with key >= start in key order, at most
     /// [`LOCK_RECOVER_BATCH`]; `old_mode` = `new_mode` = the mode held, or the old mode of a
-    /// lock being invalidated (seed 000). Locks held at Null are left out. The server asks
+    /// lock being invalidated (seed 000) joined with the mode of a grant waiting for that
+    /// invalidation to be answered. Locks held at Null are left out. The server asks
     /// again from the key after the last one returned; an empty batch ends recovery. After
     /// shutdown the batch is empty.
     pub fn recover(&self, start: &Key) -> Vec<NetLock> {
@@ -580,10 +620,18 @@ impl NetLocks {
         t.locks
             .range(*start..)
             .filter_map(|(k, st)| {
-                let held = st.invalidating_mode.unwrap_or(st.mode);
+                let mut held = st.invalidating_mode.unwrap_or(st.mode);
+                let mut write_seq = st.write_seq;
+                // A grant waiting for the invalidation in progress is a mode this node will
+                // use once it answers; the request it answers is not resent (it was
+                // answered), so the new server learns of it only here.
+                if let Some(g) = st.deferred_grant {
+                    held = join(held, g.new_mode);
+                    write_seq = write_seq.max(g.write_seq);
+                }
                 (held != LockMode::Null).then_some(NetLock {
                     key: *k,
-                    write_seq: st.write_seq,
+                    write_seq,
                     old_mode: held,
                     new_mode: held,
                 })
@@ -961,7 +1009,13 @@ mod tests {
         let (nl, sender, cache) = setup();
         give(&nl, 1, Write, 3);
         let w = nl.try_lock(&key(1), Write, 1).unwrap().unwrap();
-        nl.invalidate(7, inv(1, Write, Null));
+        nl.invalidate(
+            7,
+            NetLock {
+                write_seq: 3,
+                ..inv(1, Write, Null)
+            },
+        );
         settle();
         assert!(cache.calls().is_empty(), "a writer still uses the lock");
         assert!(sender.answers().is_empty());
@@ -1120,6 +1174,46 @@ mod tests {
         assert_eq!((a[1].0, a[1].1.new_mode), (2, Null), "duplicate answered");
         assert_eq!(cache.calls().len(), 1);
         assert!(nl.recover(&Key::MIN).is_empty());
+        nl.shutdown();
+    }
+
+    /// A newer server may grant this node's read → write upgrade while it still finishes a
+    /// dead server's invalidation of the read (the grant waits for the answer). If that server
+    /// dies too, the next one's recovery must learn of the write: the upgrade request was
+    /// answered, so it is not resent, and the node uses write once it answers.
+    #[test]
+    fn recover_reports_a_grant_waiting_for_the_invalidation_in_progress() {
+        let (nl, sender, cache) = setup();
+        give(&nl, 1, Read, 0);
+        let gate = Arc::new(Barrier::new(2));
+        let g = gate.clone();
+        cache.set_hook(Arc::new(move |_, _, _| {
+            g.wait();
+            g.wait();
+            Ok(())
+        }));
+        nl.invalidate(1, inv(1, Read, Null));
+        gate.wait(); // the worker is inside the cache callback
+        nl.granted(NetLock {
+            key: key(1),
+            write_seq: 77,
+            old_mode: Read,
+            new_mode: Write,
+        });
+        assert_eq!(nl.mode(&key(1)), Null, "the grant waits for the answer");
+        assert_eq!(
+            nl.recover(&Key::MIN),
+            vec![NetLock {
+                key: key(1),
+                write_seq: 77,
+                old_mode: Write,
+                new_mode: Write
+            }]
+        );
+        gate.wait();
+        eventually("the answer", || sender.answers().len() == 1);
+        eventually("the grant applied", || nl.mode(&key(1)) == Write);
+        assert_eq!(nl.recover(&Key::MIN)[0].new_mode, Write);
         nl.shutdown();
     }
 
