@@ -1374,6 +1374,66 @@ mod tests {
         nl.shutdown();
     }
 
+    /// Crossing rule, stale side: an invalidation of a write grant we already received (its
+    /// write_seq is not newer than ours: a dead server's, or one of a mode recovery reported
+    /// while it was being given up) is not for the grant in flight. It is applied to what we
+    /// hold at once; waiting would deadlock with a server that waits for this answer before
+    /// it grants.
+    #[test]
+    fn a_stale_write_invalidation_does_not_wait_for_the_grant_in_flight() {
+        let (nl, sender, cache) = setup();
+        give(&nl, 1, Write, 5);
+        let ws5 = |old, new| NetLock {
+            write_seq: 5,
+            ..inv(1, old, new)
+        };
+        nl.invalidate(1, ws5(Write, Read));
+        eventually("the first answer", || sender.answers().len() == 1);
+        let w = {
+            let nl = nl.clone();
+            thread::spawn(move || nl.wait_grant(&key(1), Write))
+        };
+        eventually("the upgrade request", || sender.requests().len() == 1);
+        nl.invalidate(2, ws5(Write, Null));
+        eventually("answered without the grant", || sender.answers().len() == 2);
+        assert_eq!(sender.answers()[1], (2, ws5(Write, Null)));
+        assert_eq!(
+            cache.calls(),
+            vec![(key(1), Write, Read), (key(1), Read, Null)]
+        );
+        grant(&nl, sender.requests()[0], 9);
+        w.join().unwrap().unwrap();
+        assert_eq!(nl.mode(&key(1)), Write);
+        nl.shutdown();
+    }
+
+    /// A write invalidation naming an older grant than the one held reduces nothing: the
+    /// server granted ours after it sent that one.
+    #[test]
+    fn a_write_invalidation_older_than_our_grant_reduces_nothing() {
+        let (nl, sender, cache) = setup();
+        give(&nl, 1, Write, 9);
+        let old = NetLock {
+            write_seq: 4,
+            ..inv(1, Write, Null)
+        };
+        nl.invalidate(1, old);
+        eventually("the answer", || sender.answers().len() == 1);
+        assert_eq!(
+            sender.answers()[0],
+            (
+                1,
+                NetLock {
+                    new_mode: Write,
+                    ..old
+                }
+            )
+        );
+        assert!(cache.calls().is_empty());
+        assert_eq!(nl.mode(&key(1)), Write);
+        nl.shutdown();
+    }
+
     /// Crossing rule: a grant that arrives while an invalidation is in progress takes effect
     /// only after the invalidation is answered.
     #[test]
