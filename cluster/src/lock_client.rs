@@ -68,7 +68,15 @@
 //! * A new request for a lock is sent only once no invalidation of it is queued or in
 //!   progress, so the `old_mode` it states is what the server will have recorded.
 //!
-//! # Disconnects
+//! # Disconnects and new servers
+//!
+//! After a reconnect the server resends every invalidation call not answered. A copy of a
+//! call still queued is ignored; a copy of one answered already (its answer was lost) is
+//! answered again at once with the mode held, without waiting for anything. When the new
+//! connection is to a new server ([`NetLocks::server_changed`]), the dead server's
+//! invalidations not started yet are dropped: the new one invalidates again what recovery
+//! reports, and one of them waiting for a grant that will never come would hold up the new
+//! server's invalidations of the same lock.
 //!
 //! A failed send is not fatal. A request that could not be sent stays pending: the transport
 //! keeps unanswered requests and resends them once it reaches a server (an error other than
@@ -79,7 +87,7 @@
 //! Not done yet: idle locks are never given back (no LRU, no Null requests); entries are
 //! dropped when a lock ends at Null with nothing pending.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::{self, JoinHandle};
@@ -272,9 +280,40 @@ struct Table {
     locks: BTreeMap<Key, LockState>,
     /// Locks with queued invalidations.
     work: BTreeSet<Key>,
+    /// Call ids of the invalidations answered last (at most [`RECENT_ANSWERS`]): the server
+    /// resends a call whose answer a broken connection lost, and that copy is answered at
+    /// once (the lock's entry may be gone by then).
+    answered: RecentCalls,
     counts: [LockCounts; 4],
     shutdown: bool,
     retry_delay: Duration,
+}
+
+/// How many answered invalidation call ids [`Table::answered`] keeps.
+const RECENT_ANSWERS: usize = 4096;
+
+/// A bounded set of call ids, oldest dropped first.
+#[derive(Debug, Default)]
+struct RecentCalls {
+    order: VecDeque<u64>,
+    ids: HashSet<u64>,
+}
+
+impl RecentCalls {
+    fn insert(&mut self, id: u64) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > RECENT_ANSWERS {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.ids.contains(&id)
+    }
 }
 
 impl Table {
@@ -329,11 +368,12 @@ impl Table {
                 }
                 Phase::Idle => {}
             }
-            if st.reduces_a_grant_on_its_way(&head.req) {
+            let answered = self.answered.contains(head.call_id);
+            if !answered && st.reduces_a_grant_on_its_way(&head.req) {
                 continue;
             }
             let target = meet(st.mode, head.req.new_mode);
-            if target == st.mode || st.older_than_our_grant(&head.req) {
+            if target == st.mode || answered || st.older_than_our_grant(&head.req) {
                 found = Some((*key, Step::Answer));
                 break;
             }
@@ -495,11 +535,14 @@ impl Shared {
         let Some(st) = t.locks.get_mut(&start) else {
             return;
         };
-        st.queue.pop_front();
+        let answered = st.queue.pop_front().map(|i| i.call_id);
         st.invalidating_mode = None;
         st.phase = Phase::Idle;
         let deferred = st.deferred_grant.take();
         let empty = st.queue.is_empty();
+        if let Some(id) = answered {
+            t.answered.insert(id);
+        }
         if empty {
             t.work.remove(&start);
         }
@@ -531,6 +574,7 @@ impl NetLocks {
             table: Mutex::new(Table {
                 locks: BTreeMap::new(),
                 work: BTreeSet::new(),
+                answered: RecentCalls::default(),
                 counts: [LockCounts::default(); 4],
                 shutdown: false,
                 retry_delay: INVALIDATE_RETRY_DELAY,
@@ -598,10 +642,35 @@ impl NetLocks {
         if t.shutdown {
             return;
         }
-        t.entry(start)
-            .queue
-            .push_back(Invalidation { call_id, req });
+        let st = t.entry(start);
+        // A call resent after a reconnect while its first copy is still queued.
+        if st.queue.iter().any(|i| i.call_id == call_id) {
+            return;
+        }
+        st.queue.push_back(Invalidation { call_id, req });
         t.work.insert(start);
+        drop(t);
+        self.shared.work_cv.notify_all();
+    }
+
+    /// We are connected to a new server (the old one died): invalidations of the old one not
+    /// started yet are dropped. The new one rebuilds its table from our recovery report and
+    /// invalidates again what it must; left queued, one waiting for a grant that will never
+    /// come would hold up the new server's invalidations behind it. Invalidations in
+    /// progress go on (recovery reports their old mode, seed 000).
+    pub fn server_changed(&self) {
+        let mut t = self.table();
+        let starts: Vec<Key> = t.work.iter().copied().collect();
+        for start in starts {
+            if let Some(st) = t.locks.get_mut(&start) {
+                let keep = usize::from(st.phase != Phase::Idle);
+                st.queue.truncate(keep);
+                if st.queue.is_empty() {
+                    t.work.remove(&start);
+                }
+            }
+            t.gc(&start);
+        }
         drop(t);
         self.shared.work_cv.notify_all();
     }
@@ -910,6 +979,19 @@ mod tests {
         }
     }
 
+    /// Make every cache callback wait at the returned barrier twice (once on entry, once
+    /// to leave), so a test can act while an invalidation is in progress.
+    fn hold_in_cache(cache: &FakeCache) -> Arc<Barrier> {
+        let gate = Arc::new(Barrier::new(2));
+        let g = gate.clone();
+        cache.set_hook(Arc::new(move |_, _, _| {
+            g.wait();
+            g.wait();
+            Ok(())
+        }));
+        gate
+    }
+
     fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !done() {
@@ -1050,13 +1132,7 @@ mod tests {
         let (nl, sender, cache) = setup();
         give(&nl, 1, Write, 3);
         let reader = nl.try_lock(&key(1), Read, 1).unwrap().unwrap();
-        let gate = Arc::new(Barrier::new(2));
-        let g = gate.clone();
-        cache.set_hook(Arc::new(move |_, _, _| {
-            g.wait();
-            g.wait();
-            Ok(())
-        }));
+        let gate = hold_in_cache(&cache);
         nl.invalidate(1, inv(1, Write, Read));
         gate.wait(); // the cache is being invalidated, a reader holds the lock
         let r2 = nl
@@ -1145,13 +1221,7 @@ mod tests {
     fn recover_reports_the_old_mode_while_invalidating_seed_000_ca526e2b() {
         let (nl, sender, cache) = setup();
         give(&nl, 1, Write, 42);
-        let gate = Arc::new(Barrier::new(2));
-        let g = gate.clone();
-        cache.set_hook(Arc::new(move |_, _, _| {
-            g.wait();
-            g.wait();
-            Ok(())
-        }));
+        let gate = hold_in_cache(&cache);
         nl.invalidate(1, inv(1, Write, Null));
         gate.wait(); // the worker is inside the cache callback
         assert_eq!(nl.mode(&key(1)), Null, "the mode is already lowered");
@@ -1185,13 +1255,7 @@ mod tests {
     fn recover_reports_a_grant_waiting_for_the_invalidation_in_progress() {
         let (nl, sender, cache) = setup();
         give(&nl, 1, Read, 0);
-        let gate = Arc::new(Barrier::new(2));
-        let g = gate.clone();
-        cache.set_hook(Arc::new(move |_, _, _| {
-            g.wait();
-            g.wait();
-            Ok(())
-        }));
+        let gate = hold_in_cache(&cache);
         nl.invalidate(1, inv(1, Read, Null));
         gate.wait(); // the worker is inside the cache callback
         nl.granted(NetLock {
@@ -1407,6 +1471,76 @@ mod tests {
         nl.shutdown();
     }
 
+    /// After a reconnect the server resends every call not answered. A copy of one still
+    /// queued is ignored; a copy of one answered (the answer was lost) is answered again at
+    /// once, even while a grant is in flight: the server grants nothing until it has it.
+    #[test]
+    fn resent_invalidation_calls_are_answered_once_more_without_waiting() {
+        let (nl, sender, cache) = setup();
+        give(&nl, 1, Read, 0);
+        nl.invalidate(4, inv(1, Read, Null));
+        eventually("the answer", || sender.answers().len() == 1);
+        // Asks again; the answer to call 4 was lost, so the server resends call 4.
+        let w = {
+            let nl = nl.clone();
+            thread::spawn(move || nl.wait_grant(&key(1), Read))
+        };
+        eventually("the request", || sender.requests().len() == 1);
+        nl.invalidate(4, inv(1, Read, Null));
+        eventually("answered again", || sender.answers().len() == 2);
+        assert_eq!(sender.answers()[1], (4, inv(1, Read, Null)));
+        assert_eq!(cache.calls(), vec![(key(1), Read, Null)]);
+        // Two copies of one call queued behind a busy writer: answered once.
+        grant(&nl, sender.requests()[0], 0);
+        w.join().unwrap().unwrap();
+        let r = nl.try_lock(&key(1), Read, 1).unwrap().unwrap();
+        nl.invalidate(5, inv(1, Read, Null));
+        nl.invalidate(5, inv(1, Read, Null));
+        nl.unlock(&r);
+        eventually("the answer", || sender.answers().len() == 3);
+        settle();
+        assert_eq!(sender.answers().len(), 3, "one answer for one call");
+        nl.shutdown();
+    }
+
+    /// A new server: invalidations of the dead one not started yet are dropped (one waiting
+    /// for a grant that will not come would hold up the new server's behind it); the one in
+    /// progress goes on and is answered.
+    #[test]
+    fn a_new_server_drops_the_dead_servers_queued_invalidations() {
+        let (nl, sender, cache) = setup();
+        give(&nl, 1, Write, 3);
+        give(&nl, 2, Read, 0);
+        let gate = hold_in_cache(&cache);
+        nl.invalidate(1, inv(1, Write, Null));
+        gate.wait(); // lock 1: in progress
+        let w = {
+            let nl = nl.clone();
+            thread::spawn(move || nl.wait_grant(&key(2), Write))
+        };
+        eventually("the upgrade request", || sender.requests().len() == 1);
+        // Lock 2: the dead server's invalidation of the write on its way waits for it.
+        nl.invalidate(
+            2,
+            NetLock {
+                write_seq: 7,
+                ..inv(2, Write, Null)
+            },
+        );
+        settle();
+        nl.server_changed();
+        gate.wait();
+        eventually("lock 1 answered", || sender.answers().len() == 1);
+        assert_eq!(sender.answers()[0].0, 1);
+        // The new server grants the upgrade; nothing reduces it.
+        grant(&nl, sender.requests()[0], 9);
+        w.join().unwrap().unwrap();
+        settle();
+        assert_eq!(nl.mode(&key(2)), Write);
+        assert_eq!(sender.answers().len(), 1);
+        nl.shutdown();
+    }
+
     /// A write invalidation naming an older grant than the one held reduces nothing: the
     /// server granted ours after it sent that one.
     #[test]
@@ -1440,13 +1574,7 @@ mod tests {
     fn a_grant_arriving_during_an_invalidation_takes_effect_after_the_answer() {
         let (nl, sender, cache) = setup();
         give(&nl, 1, Write, 3);
-        let gate = Arc::new(Barrier::new(2));
-        let g = gate.clone();
-        cache.set_hook(Arc::new(move |_, _, _| {
-            g.wait();
-            g.wait();
-            Ok(())
-        }));
+        let gate = hold_in_cache(&cache);
         nl.invalidate(1, inv(1, Write, Null));
         gate.wait();
         let gen = nl.grant_gen();

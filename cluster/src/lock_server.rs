@@ -13,6 +13,10 @@
 //! caller (`next_seq`), so the server owns nothing persistent here either: after a failover
 //! every grant is rebuilt from what clients report ([`LockServer::recover`]).
 //!
+//! Invalidations are server calls whose ids this server chooses
+//! ([`LockServer::with_first_call_id`]); an answer names its call, so a late answer to a dead
+//! server's call, or a second answer to one call, never answers another.
+//!
 //! Ordering: the actions of one call are in the order they must be sent. Messages of one lock
 //! must reach the server, and its actions reach each client, in order (the transport hashes
 //! lock messages to ordered workers); different locks are independent.
@@ -43,8 +47,14 @@ pub enum LockAction {
         req_id: u64,
         lock: NetLock,
     },
-    /// Ask client `rid` to reduce its grant from lock.old_mode to lock.new_mode.
-    Invalidate { rid: u64, lock: NetLock },
+    /// Ask client `rid` to reduce its grant from lock.old_mode to lock.new_mode, as server
+    /// call `call_id` (the transport sends it with that id, and the client's answer names it:
+    /// that is how [`LockServer::invalidated`] knows which invalidation is answered).
+    Invalidate {
+        rid: u64,
+        call_id: u64,
+        lock: NetLock,
+    },
 }
 
 impl LockAction {
@@ -81,6 +91,8 @@ pub struct LockMessageCounts {
 #[derive(Debug, Clone, Copy)]
 struct Granted {
     rid: u64,
+    /// The request this grant answered (0: recovered, or left by an invalidation answer).
+    req_id: u64,
     mode: LockMode,
     write_seq: u64,
     /// Rebuilt from a client's recovery report rather than granted by this server: the client
@@ -101,9 +113,13 @@ struct Waiting {
 #[derive(Debug, Clone, Copy)]
 struct Invalidating {
     rid: u64,
-    /// The mode the client was asked to reduce (answers echo it).
+    /// The server call that carries it; the answer names it.
+    call_id: u64,
+    /// The mode the client was asked to reduce.
     from: LockMode,
     write_seq: u64,
+    /// The request the grant answered (0: none).
+    req_id: u64,
 }
 
 /// The state of one lock.
@@ -118,6 +134,29 @@ struct LockState {
 impl LockState {
     fn idle(&self) -> bool {
         self.granted.is_empty() && self.requested.is_empty() && self.invalidating.is_empty()
+    }
+
+    /// `rid` sent a request stating `old_mode`, and this server has not answered it, so no
+    /// grant of it is on its way. A client asks only while no invalidation of the lock is
+    /// queued or in progress and has one request per lock: until the grant it uses no more
+    /// than `old_mode`. So a recovered grant (the client's report, maybe of a mode it was
+    /// still giving up, seed 000) above it is lowered to it, and a Null one answers every
+    /// invalidation of the rid in flight. Otherwise the client, which waits for the grant of
+    /// its request before it applies an invalidation of that mode, and this server, which
+    /// waits for the answer before it grants, would wait for each other.
+    fn bound_by_request(&mut self, rid: u64, old_mode: LockMode) {
+        if old_mode == LockMode::Null {
+            self.invalidating.retain(|v| v.rid != rid);
+        }
+        if let Some(i) = self.granted.iter().position(|g| {
+            g.rid == rid && g.recovered && g.mode != old_mode && old_mode != LockMode::Write
+        }) {
+            if old_mode == LockMode::Null {
+                self.granted.remove(i);
+            } else {
+                self.granted[i].mode = old_mode;
+            }
+        }
     }
 
     /// Forget everything of `rid`; true when something was dropped.
@@ -137,6 +176,7 @@ impl LockState {
         key: Key,
         blocked: bool,
         next_seq: &mut dyn FnMut() -> u64,
+        call_ids: &AtomicU64,
         out: &mut Vec<LockAction>,
     ) {
         if blocked {
@@ -154,14 +194,18 @@ impl LockState {
                     continue;
                 }
                 self.granted.remove(i);
+                let call_id = call_ids.fetch_add(1, Ordering::Relaxed);
                 self.invalidating.push(Invalidating {
                     rid: g.rid,
+                    call_id,
                     from: g.mode,
                     write_seq: g.write_seq,
+                    req_id: g.req_id,
                 });
                 self.counts.invalidations += 1;
                 out.push(LockAction::Invalidate {
                     rid: g.rid,
+                    call_id,
                     lock: NetLock {
                         key,
                         write_seq: g.write_seq,
@@ -186,6 +230,7 @@ impl LockState {
             if head.mode != LockMode::Null {
                 self.granted.push(Granted {
                     rid: head.rid,
+                    req_id: head.req_id,
                     mode: head.mode,
                     write_seq,
                     recovered: false,
@@ -247,11 +292,25 @@ pub struct LockServer {
     /// Clients that must finish lock recovery (or be removed) before requests are processed.
     recovering: Mutex<BTreeSet<u64>>,
     max_write_seq: AtomicU64,
+    /// The call id of the next invalidation.
+    call_ids: AtomicU64,
 }
 
 impl LockServer {
+    /// A lock server whose invalidation calls get ids from 1 on.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_first_call_id(1)
+    }
+
+    /// A lock server whose invalidation calls get ids from `first` on. Ids must not repeat
+    /// those of an earlier server (a client may answer a dead server's call on its
+    /// connection to this one): the leader starts at its term shifted past any count of
+    /// calls, see [`first_call_id`].
+    pub fn with_first_call_id(first: u64) -> Self {
+        Self {
+            call_ids: AtomicU64::new(first),
+            ..Self::default()
+        }
     }
 
     /// Clients that must finish lock recovery (or be removed) before ANY lock request is
@@ -284,39 +343,31 @@ impl LockServer {
         {
             let mut st = lock.state();
             st.counts.requests += 1;
-            // A client sends a request only while no invalidation of the lock is queued or in
-            // progress, and holds one request per lock: until the grant, it uses no more than
-            // the old mode it states (a resent request's included: it is resent only while
-            // unanswered). So:
-            // - a recovered grant (the client's report, maybe of a mode it was still
-            //   invalidating, seed 000) above that mode is lowered to it;
-            // - a request stating Null answers every invalidation of the client's grants in
-            //   flight: it uses nothing. (Its grant's answer lost with a connection, then that
-            //   grant invalidated: the client resends, waits for the grant to apply the
-            //   invalidation to, and this server would wait for the answer.)
-            // Otherwise the client would wait for this grant while this server waits for an
-            // answer the client cannot give yet.
-            if req.old_mode == LockMode::Null {
-                st.invalidating.retain(|v| v.rid != rid);
-            }
-            if let Some(i) = st.granted.iter().position(|g| {
-                g.rid == rid
-                    && g.recovered
-                    && g.mode != req.old_mode
-                    && req.old_mode != LockMode::Write
-            }) {
-                if req.old_mode == LockMode::Null {
-                    st.granted.remove(i);
-                } else {
-                    st.granted[i].mode = req.old_mode;
-                }
-            }
-            let held = st
+            // A resend of a request this server answered already (the grant was lost with a
+            // connection): answer again with that grant as it stands, granted or being
+            // invalidated (the client waits for it before it answers the invalidation).
+            let answered = st
                 .granted
                 .iter()
-                .find(|g| g.rid == rid && !g.recovered && g.mode == req.new_mode)
-                .copied();
-            if let Some(g) = held {
+                .find(|g| g.rid == rid && g.req_id == req_id)
+                .map(|g| (g.mode, g.write_seq))
+                .or_else(|| {
+                    st.invalidating
+                        .iter()
+                        .find(|v| v.rid == rid && v.req_id == req_id)
+                        .map(|v| (v.from, v.write_seq))
+                });
+            if answered.is_none() {
+                st.bound_by_request(rid, req.old_mode);
+            }
+            // A request for the mode this server believes the rid holds is answered with it.
+            let held = answered.or_else(|| {
+                st.granted
+                    .iter()
+                    .find(|g| g.rid == rid && !g.recovered && g.mode == req.new_mode)
+                    .map(|g| (g.mode, g.write_seq))
+            });
+            if let Some((mode, write_seq)) = held {
                 // The grant was made but its answer lost: send it again.
                 st.counts.grants += 1;
                 out.push(LockAction::Grant {
@@ -324,9 +375,9 @@ impl LockServer {
                     req_id,
                     lock: NetLock {
                         key: req.key,
-                        write_seq: g.write_seq,
+                        write_seq,
                         old_mode: req.old_mode,
-                        new_mode: g.mode,
+                        new_mode: mode,
                     },
                 });
             } else if let Some(w) = st.requested.iter_mut().find(|w| w.rid == rid) {
@@ -339,27 +390,23 @@ impl LockServer {
                     mode: req.new_mode,
                 });
             }
-            let blocked = self.any_recovering();
-            st.process(req.key, blocked, next_seq, &mut out);
+            self.process(req.key, &mut st, next_seq, &mut out);
         }
         out
     }
 
-    /// A client's answer to an invalidation (new_mode = what it holds now). The answer names
-    /// the invalidation it answers by echoing its `old_mode` and `write_seq` (so a late
-    /// answer to a dead server's invalidation of an older grant is not taken for the answer
-    /// to this server's invalidation of a newer one).
+    /// A client's answer to invalidation call `call_id` (new_mode = what it holds now,
+    /// old_mode and write_seq echo the invalidation).
     ///
-    /// An answer matching no invalidation in flight may still be news: a client that was
-    /// invalidating when the previous server died reported the old mode in recovery (seed
-    /// 000) and answers the dead server's invalidation on its new connection once it is done.
-    /// When the answer's `old_mode` is the mode recovered for that client and its `new_mode`
-    /// is lower, the recovered grant is lowered to it (without this the table would keep a
-    /// mode the client gave up until some request invalidated it again). Other answers
-    /// (duplicates, unknown locks) are ignored.
+    /// Answers to no invalidation in flight are ignored: copies of one answered already, and
+    /// answers to a dead server's calls (a client that was invalidating when that server
+    /// died reported the old mode in recovery, seed 000, and answers on its new connection).
+    /// Such an answer does not lower the recovered grant: a grant that arrived during that
+    /// invalidation may be applied right after it, and recovery reported it too.
     pub fn invalidated(
         &self,
         rid: u64,
+        call_id: u64,
         resp: NetLock,
         next_seq: &mut dyn FnMut() -> u64,
     ) -> Vec<LockAction> {
@@ -370,35 +417,25 @@ impl LockServer {
         {
             let mut st = lock.state();
             st.counts.invalidation_responses += 1;
-            if let Some(i) = st.invalidating.iter().position(|v| {
-                v.rid == rid && v.from == resp.old_mode && v.write_seq == resp.write_seq
-            }) {
+            if let Some(i) = st
+                .invalidating
+                .iter()
+                .position(|v| v.rid == rid && v.call_id == call_id)
+            {
                 let v = st.invalidating.remove(i);
                 if resp.new_mode != LockMode::Null {
                     st.granted.push(Granted {
                         rid,
+                        req_id: 0,
                         mode: resp.new_mode,
                         write_seq: v.write_seq,
                         recovered: false,
                     });
                 }
-            } else if let Some(i) = st.granted.iter().position(|g| {
-                g.rid == rid
-                    && g.recovered
-                    && g.mode == resp.old_mode
-                    && resp.new_mode != g.mode
-                    && (resp.new_mode == LockMode::Null || g.mode.satisfies(resp.new_mode))
-            }) {
-                if resp.new_mode == LockMode::Null {
-                    st.granted.remove(i);
-                } else {
-                    st.granted[i].mode = resp.new_mode;
-                }
             } else {
                 return out;
             }
-            let blocked = self.any_recovering();
-            st.process(resp.key, blocked, next_seq, &mut out);
+            self.process(resp.key, &mut st, next_seq, &mut out);
         }
         out
     }
@@ -418,6 +455,7 @@ impl LockServer {
             st.granted.retain(|g| g.rid != rid);
             st.granted.push(Granted {
                 rid,
+                req_id: 0,
                 mode: nl.new_mode,
                 write_seq: nl.write_seq,
                 recovered: true,
@@ -435,7 +473,7 @@ impl LockServer {
         let mut out = Vec::new();
         if last {
             self.for_each_lock(|key, st| {
-                st.process(key, self.any_recovering(), next_seq, &mut out);
+                self.process(key, st, next_seq, &mut out);
             });
         }
         out
@@ -451,7 +489,7 @@ impl LockServer {
         let mut out = Vec::new();
         self.for_each_lock(|key, st| {
             if st.drop_rid(rid) || last {
-                st.process(key, self.any_recovering(), next_seq, &mut out);
+                self.process(key, st, next_seq, &mut out);
             }
         });
         out
@@ -490,6 +528,17 @@ impl LockServer {
     /// Number of lock objects currently allocated (to test that idle ones are freed).
     pub fn lock_objects(&self) -> usize {
         locked(&self.table).len()
+    }
+
+    /// Grant what `st` can grant now (nothing while a client is recovering).
+    fn process(
+        &self,
+        key: Key,
+        st: &mut LockState,
+        next_seq: &mut dyn FnMut() -> u64,
+        out: &mut Vec<LockAction>,
+    ) {
+        st.process(key, self.any_recovering(), next_seq, &self.call_ids, out);
     }
 
     fn any_recovering(&self) -> bool {
@@ -539,6 +588,12 @@ impl LockServer {
     }
 }
 
+/// The first invalidation call id of the lock server of leader term `term`: ids of
+/// different terms never meet (2^40 calls per term).
+pub fn first_call_id(term: u64) -> u64 {
+    ((term + 1) << 40) | 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::LockMode::*;
@@ -579,9 +634,12 @@ mod tests {
         }
     }
 
+    /// An invalidation as [`Harness`] returns it (call ids are kept by the harness and
+    /// shown as 0).
     fn inval(rid: u64, key: Key, old: LockMode, new: LockMode, seq: u64) -> LockAction {
         LockAction::Invalidate {
             rid,
+            call_id: 0,
             lock: NetLock {
                 key,
                 write_seq: seq,
@@ -601,13 +659,14 @@ mod tests {
         }
     }
 
-    /// A server and the core seq it hands out (starting after 100). Answers echo the
-    /// write_seq of the last invalidation the server sent for that (rid, key, old mode), as
+    /// A server and the core seq it hands out (starting after 100). Answers name the last
+    /// invalidation the server sent for that (rid, key, old mode) and echo its write_seq, as
     /// clients do.
     struct Harness {
         s: LockServer,
         seq: u64,
-        sent: BTreeMap<(u64, Key, LockMode), u64>,
+        /// (rid, key, old mode) → (call id, write_seq)
+        sent: BTreeMap<(u64, Key, LockMode), (u64, u64)>,
     }
 
     impl Harness {
@@ -619,14 +678,22 @@ mod tests {
             }
         }
 
+        /// Remember the invalidations in `acts`; return them with call ids shown as 0.
         fn seen(&mut self, acts: Vec<LockAction>) -> Vec<LockAction> {
-            for a in &acts {
-                if let LockAction::Invalidate { rid, lock } = a {
-                    self.sent
-                        .insert((*rid, lock.key, lock.old_mode), lock.write_seq);
-                }
-            }
-            acts
+            acts.into_iter()
+                .map(|a| match a {
+                    LockAction::Invalidate { rid, call_id, lock } => {
+                        self.sent
+                            .insert((rid, lock.key, lock.old_mode), (call_id, lock.write_seq));
+                        LockAction::Invalidate {
+                            rid,
+                            call_id: 0,
+                            lock,
+                        }
+                    }
+                    grant => grant,
+                })
+                .collect()
         }
 
         fn req(
@@ -646,13 +713,13 @@ mod tests {
         }
 
         fn answer(&mut self, rid: u64, k: Key, old: LockMode, new: LockMode) -> Vec<LockAction> {
-            let write_seq = self.sent.get(&(rid, k, old)).copied().unwrap_or(0);
+            let (call_id, write_seq) = self.sent.get(&(rid, k, old)).copied().unwrap_or((0, 0));
             let seq = &mut self.seq;
             let resp = NetLock {
                 write_seq,
                 ..nl(k, old, new)
             };
-            let acts = self.s.invalidated(rid, resp, &mut || {
+            let acts = self.s.invalidated(rid, call_id, resp, &mut || {
                 *seq += 1;
                 *seq
             });
@@ -864,32 +931,34 @@ mod tests {
     }
 
     /// A client that was giving up a recovered mode answers the dead server's invalidation on
-    /// its new connection: the recovered grant is lowered to what the answer says it holds.
+    /// its new connection: that changes nothing here (a grant deferred behind that
+    /// invalidation may follow it, and recovery reported it). The recovered grant is
+    /// invalidated again when a request needs it; seed 000.
     #[test]
-    fn a_late_answer_lowers_the_recovered_grant_seed_000_ca526e2b() {
+    fn a_late_answer_to_a_dead_servers_call_changes_nothing_seed_000_ca526e2b() {
         let mut h = Harness::new();
         let k = key(1);
         h.s.begin_recovery(&[1, 2]);
         h.s.recover(1, &[recovered(k, Write, 9)]);
-        // Its answer to the dead server: Write → Read.
         let late = NetLock {
             write_seq: 9,
             ..nl(k, Write, Read)
         };
-        assert!(h.s.invalidated(1, late, &mut || 0).is_empty());
-        assert_eq!(h.s.granted(&k), [(1, Read)]);
-        // A reader is then granted without another invalidation.
+        assert!(h
+            .s
+            .invalidated(1, first_call_id(3) + 5, late, &mut || 0)
+            .is_empty());
+        assert_eq!(h.s.granted(&k), [(1, Write)]);
         assert!(h.req(2, 4, k, Null, Read).is_empty());
         h.done(1);
-        assert_eq!(h.done(2), [grant(2, 4, k, Null, Read, 0)]);
-        assert_eq!(h.s.granted(&k), [(1, Read), (2, Read)]);
+        assert_eq!(h.done(2), [inval(1, k, Write, Read, 9)]);
+        assert_eq!(h.answer(1, k, Write, Read), [grant(2, 4, k, Null, Read, 0)]);
     }
 
-    /// An answer names its invalidation by old mode and write_seq: a late answer to a dead
-    /// server's invalidation of an older write grant does not answer this server's
-    /// invalidation of the newer one.
+    /// An answer names its invalidation by call id: a late answer to a dead server's
+    /// invalidation of the same mode does not answer this server's invalidation.
     #[test]
-    fn an_answer_to_an_older_grants_invalidation_does_not_answer_a_newer_ones() {
+    fn an_answer_names_its_invalidation_by_call_id() {
         let mut h = Harness::new();
         let k = key(1);
         assert_eq!(
@@ -898,10 +967,14 @@ mod tests {
         );
         assert_eq!(h.req(2, 2, k, Null, Read), [inval(1, k, Write, Read, 101)]);
         let stale = NetLock {
-            write_seq: 50,
+            write_seq: 101,
             ..nl(k, Write, Read)
         };
-        assert!(h.s.invalidated(1, stale, &mut || 0).is_empty());
+        let dead_servers_call = first_call_id(7) + 3;
+        assert!(h
+            .s
+            .invalidated(1, dead_servers_call, stale, &mut || 0)
+            .is_empty());
         assert_eq!(h.s.granted(&k), []);
         assert_eq!(h.answer(1, k, Write, Read), [grant(2, 2, k, Null, Read, 0)]);
     }
@@ -1265,8 +1338,10 @@ mod tests {
                                             assert_eq!(id, req_id, "one request at a time");
                                             granted = Some(lock.new_mode);
                                         }
-                                        LockAction::Invalidate { lock, .. } => {
-                                            net.deliver(server.invalidated(rid, lock, next_seq));
+                                        LockAction::Invalidate { call_id, lock, .. } => {
+                                            net.deliver(
+                                                server.invalidated(rid, call_id, lock, next_seq),
+                                            );
                                         }
                                     }
                                 }
@@ -1311,8 +1386,10 @@ mod tests {
             req_id: u64,
             lock: NetLock,
         },
+        /// The answer to server call `call`.
         Invalidated {
             lock: NetLock,
+            call: u64,
         },
         /// Lock recovery: the client's locks as they are when this is delivered, then done.
         Recover,
@@ -1324,8 +1401,16 @@ mod tests {
     struct Work {
         from: LockMode,
         to: LockMode,
-        echo: NetLock,
+        call: Call,
+    }
+
+    /// An invalidation call as a client received it.
+    #[derive(Debug, Clone, Copy)]
+    struct Call {
+        inv: NetLock,
+        /// The server that sent it.
         epoch: u64,
+        id: u64,
     }
 
     /// A client that always obeys, following the rules of the real lock client
@@ -1340,13 +1425,17 @@ mod tests {
         /// Outstanding request per key: (req_id, the request as sent).
         pending: BTreeMap<usize, (u64, NetLock)>,
         working: BTreeMap<usize, Work>,
-        queued_invals: BTreeMap<usize, VecDeque<(NetLock, u64)>>,
+        queued_invals: BTreeMap<usize, VecDeque<Call>>,
         /// A grant (req_id, lock) that arrived while an invalidation was in progress.
         deferred: BTreeMap<usize, (u64, NetLock)>,
         /// Greatest write_seq granted per key, forgotten when the key falls idle (as the
         /// real client drops idle entries).
         known_ws: BTreeMap<usize, u64>,
-        inbox: VecDeque<(LockAction, u64)>,
+        /// Invalidation calls answered (the real client keeps the last few thousand).
+        answered: BTreeSet<u64>,
+        /// Server messages in flight: (message, epoch of the server, call id of an
+        /// invalidation).
+        inbox: VecDeque<(LockAction, u64, u64)>,
         outbox: VecDeque<Up>,
     }
 
@@ -1410,18 +1499,21 @@ mod tests {
             if self.working.contains_key(&k) {
                 return;
             }
-            let Some(&(inv, epoch)) = self.queued_invals.get(&k).and_then(|q| q.front()) else {
+            let Some(&call) = self.queued_invals.get(&k).and_then(|q| q.front()) else {
                 return;
             };
+            let inv = call.inv;
             let stale_write = matches!(inv.old_mode, Write | WriteOnly)
                 && inv.write_seq != 0
                 && inv.write_seq <= self.known_ws.get(&k).copied().unwrap_or(0);
+            let answered_already = self.answered.contains(&call.id);
             if self
                 .pending
                 .get(&k)
                 .is_some_and(|(_, sent)| sent.new_mode == inv.old_mode)
                 && !covers(self.mode(k), inv.old_mode)
                 && !stale_write
+                && !answered_already
             {
                 return;
             }
@@ -1431,22 +1523,14 @@ mod tests {
                 && inv.write_seq != 0
                 && inv.write_seq < self.known_ws.get(&k).copied().unwrap_or(0)
                 && from == inv.old_mode;
-            let to = if older_than_grant {
+            let to = if older_than_grant || answered_already {
                 from
             } else {
                 meet(from, inv.new_mode)
             };
             let ws = self.held.get(&k).map_or(0, |h| h.1);
             self.set_mode(k, to, ws);
-            self.working.insert(
-                k,
-                Work {
-                    from,
-                    to,
-                    echo: inv,
-                    epoch,
-                },
-            );
+            self.working.insert(k, Work { from, to, call });
         }
     }
 
@@ -1459,6 +1543,8 @@ mod tests {
         next_rid: u64,
         next_req_id: u64,
         last_write_seq: u64,
+        /// The current server's invalidation calls not answered yet: id → (rid, lock).
+        calls: BTreeMap<u64, (u64, NetLock)>,
         /// The write_seq of the last write grant per (rid, key).
         write_seqs: BTreeMap<(u64, usize), u64>,
         stats: SimStats,
@@ -1477,6 +1563,10 @@ mod tests {
         grants_while_invalidating: u64,
         /// Answers to a dead server's invalidation sent to its successor.
         late_answers: u64,
+        /// Connections broken and made again to the same server.
+        reconnects: u64,
+        /// Second answers to one request, dropped by the client's transport.
+        duplicate_grants: u64,
     }
 
     impl Sim {
@@ -1490,6 +1580,7 @@ mod tests {
                 next_rid: 1,
                 next_req_id: 1,
                 last_write_seq: 0,
+                calls: BTreeMap::new(),
                 write_seqs: BTreeMap::new(),
                 stats: SimStats::default(),
                 trace: std::env::var_os("LOCK_SIM_TRACE").is_some(),
@@ -1529,9 +1620,15 @@ mod tests {
                         self.write_seqs.insert((rid, k), lock.write_seq);
                     }
                 }
+                // Server calls wait in the rid's outbox until answered.
+                let mut id = 0;
+                if let LockAction::Invalidate { rid, call_id, lock } = a {
+                    id = call_id;
+                    self.calls.insert(id, (rid, lock));
+                }
                 // Messages to fenced clients go nowhere.
                 if let Some(c) = self.clients.iter_mut().find(|c| c.rid == a.rid()) {
-                    c.inbox.push_back((a, self.epoch));
+                    c.inbox.push_back((a, self.epoch, id));
                 }
             }
         }
@@ -1576,7 +1673,10 @@ mod tests {
             };
             let acts = match msg {
                 Up::Request { req_id, lock } => self.server.request(rid, req_id, lock, &mut next),
-                Up::Invalidated { lock } => self.server.invalidated(rid, lock, &mut next),
+                Up::Invalidated { lock, call } => {
+                    self.calls.remove(&call);
+                    self.server.invalidated(rid, call, lock, &mut next)
+                }
                 Up::Recover => {
                     let c = &self.clients[ci];
                     let locks: Vec<NetLock> = (0..self.keys.len())
@@ -1604,7 +1704,7 @@ mod tests {
 
         /// Client `ci` reads its next message.
         fn receive(&mut self, ci: usize) -> bool {
-            let Some((msg, epoch)) = self.clients[ci].inbox.pop_front() else {
+            let Some((msg, epoch, id)) = self.clients[ci].inbox.pop_front() else {
                 return false;
             };
             let k = self.key_index(&msg.lock().key);
@@ -1614,6 +1714,13 @@ mod tests {
             }
             match msg {
                 LockAction::Grant { req_id, lock, .. } => {
+                    // The transport drops a second answer to one request (the answer to a
+                    // resent request the server had already answered).
+                    let waiting = c.pending.get(&k).is_some_and(|(id, _)| *id == req_id);
+                    if !waiting || c.deferred.contains_key(&k) {
+                        self.stats.duplicate_grants += 1;
+                        return true;
+                    }
                     self.stats.grants += 1;
                     if c.working.contains_key(&k) {
                         // Applied once the invalidation in progress is answered.
@@ -1625,10 +1732,19 @@ mod tests {
                 }
                 LockAction::Invalidate { lock, .. } => {
                     self.stats.invalidations += 1;
-                    c.queued_invals
-                        .entry(k)
-                        .or_default()
-                        .push_back((lock, epoch));
+                    // A call resent after a reconnect while its first copy is still here.
+                    let have = c.working.get(&k).is_some_and(|w| w.call.id == id)
+                        || c.queued_invals
+                            .get(&k)
+                            .is_some_and(|q| q.iter().any(|x| x.id == id));
+                    if have {
+                        return true;
+                    }
+                    c.queued_invals.entry(k).or_default().push_back(Call {
+                        inv: lock,
+                        epoch,
+                        id,
+                    });
                     c.advance(k);
                 }
             }
@@ -1650,16 +1766,18 @@ mod tests {
             let answer = Up::Invalidated {
                 lock: NetLock {
                     new_mode: w.to,
-                    ..w.echo
+                    ..w.call.inv
                 },
+                call: w.call.id,
             };
             // The answer to a server that is gone goes out on the connection to the new one,
             // where it lowers the old mode recovery reported (or answers the new server's
             // invalidation of it).
-            if w.epoch != self.epoch {
+            if w.call.epoch != self.epoch {
                 self.stats.late_answers += 1;
             }
             c.outbox.push_back(answer);
+            c.answered.insert(w.call.id);
             match c.deferred.remove(&k) {
                 Some((req_id, lock)) => c.apply_grant(k, req_id, lock),
                 None => c.advance(k),
@@ -1686,8 +1804,9 @@ mod tests {
         /// A new server takes over: server→client messages in flight are lost, answers to
         /// the old server are dropped, requests are resent after lock recovery or before it.
         fn failover(&mut self, order: u32) {
-            self.server = LockServer::new();
             self.epoch += 1;
+            self.server = LockServer::with_first_call_id(first_call_id(self.epoch));
+            self.calls.clear();
             if self.trace {
                 eprintln!("failover to epoch {}", self.epoch);
             }
@@ -1697,6 +1816,9 @@ mod tests {
             for (i, c) in self.clients.iter_mut().enumerate() {
                 c.inbox.clear();
                 c.outbox.clear();
+                // Invalidations of the dead server not started yet are moot: the new one
+                // invalidates again what recovery reports, if it must.
+                c.queued_invals.clear();
                 let deferred = &c.deferred;
                 let resend = c
                     .pending
@@ -1711,6 +1833,41 @@ mod tests {
                     c.outbox.push_back(Up::Recover);
                 }
             }
+        }
+
+        /// Client `ci`'s connection breaks and it reconnects to the same server: messages
+        /// in flight both ways are lost; the client resends its unanswered requests, the
+        /// server its unanswered calls (in call order), and a lock recovery still waiting for
+        /// the client asks again.
+        fn reconnect(&mut self, ci: usize) {
+            let c = &mut self.clients[ci];
+            if self.trace {
+                eprintln!("rid {} reconnects", c.rid);
+            }
+            c.inbox.clear();
+            c.outbox.clear();
+            let deferred = &c.deferred;
+            let resend: Vec<Up> = c
+                .pending
+                .iter()
+                .filter(|(k, _)| !deferred.contains_key(k))
+                .map(|(_, &(req_id, lock))| Up::Request { req_id, lock })
+                .collect();
+            c.outbox.extend(resend);
+            for (&id, &(rid, lock)) in &self.calls {
+                if rid == c.rid {
+                    let call = LockAction::Invalidate {
+                        rid,
+                        call_id: id,
+                        lock,
+                    };
+                    c.inbox.push_back((call, self.epoch, id));
+                }
+            }
+            if self.server.recovering().contains(&c.rid) {
+                c.outbox.push_back(Up::Recover);
+            }
+            self.stats.reconnects += 1;
         }
 
         /// No two clients may use incompatible modes of one lock at once.
@@ -1767,11 +1924,11 @@ mod tests {
                 12..=13 => {
                     self.finish(ci, arg);
                 }
-                14 => {
-                    if arg.is_multiple_of(32) {
-                        self.fence(ci)
-                    }
-                }
+                14 => match arg % 32 {
+                    0 => self.fence(ci),
+                    1 => self.reconnect(ci),
+                    _ => {}
+                },
                 _ => {
                     if arg.is_multiple_of(32) {
                         self.failover(arg >> 5)
@@ -1874,7 +2031,8 @@ mod tests {
                 && stats.invalidations > 100
                 && stats.fences > 10
                 && stats.failovers > 10
-                && stats.late_answers > 0,
+                && stats.late_answers > 0
+                && stats.reconnects > 10,
             "{stats:?}"
         );
     }

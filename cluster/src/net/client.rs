@@ -35,7 +35,8 @@ pub trait ClientCalls: Send + Sync {
     /// The grant for a lock request sent with [`NetClient::send_lock`].
     fn lock_granted(&self, grant: NetLock);
     /// Connected and greeted: `new_server` = the server term differs from the last one we
-    /// knew.
+    /// knew. Called before any frame of the connection is read or any unanswered request
+    /// resent, under the connection's writer lock: it must not send.
     fn connected(&self, server_term: u64, new_server: bool);
 }
 
@@ -482,7 +483,7 @@ impl Inner {
         let now = self.now();
         self.last_recv.store(now, Ordering::Relaxed);
         self.last_sent.store(now, Ordering::Relaxed);
-        let (gen, new_server, reader) = {
+        let (gen, reader) = {
             let mut w = lock(&self.writer);
             let (gen, new_server) = {
                 let mut st = lock(&self.state);
@@ -497,6 +498,8 @@ impl Inner {
                 st.up = true;
                 (st.gen, new_server)
             };
+            // Before any frame of this server is read (see `ClientCalls::connected`).
+            self.calls.connected(term, new_server);
             let wr = w.insert(Writer { gen, stream });
             let me = self.clone();
             let reader = thread::Builder::new()
@@ -525,10 +528,9 @@ impl Inner {
                     break;
                 }
             }
-            (gen, new_server, reader)
+            (gen, reader)
         };
         self.cond.notify_all();
-        self.calls.connected(term, new_server);
 
         let tick = ping_interval(self.opts.idle_timeout);
         let idle_ms = self.opts.idle_timeout.as_millis() as u64;

@@ -168,11 +168,23 @@ impl NetServer {
     /// Call client `rid`; kept in a per-rid outbox until the reply arrives and resent when
     /// that rid reconnects to this server. Returns the call id.
     pub fn call(&self, rid: u64, call: ServerCall) -> u64 {
-        let inner = &self.inner;
-        let (id, conn) = {
-            let mut st = lock(&inner.state);
+        let id = {
+            let mut st = lock(&self.inner.state);
             let id = st.next_call;
             st.next_call += 1;
+            id
+        };
+        self.call_with_id(rid, id, call);
+        id
+    }
+
+    /// [`NetServer::call`] with an id the caller chose (the lock server names its
+    /// invalidations); it must not be one [`NetServer::call`] hands out or an id of a call
+    /// to `rid` still in the outbox.
+    pub fn call_with_id(&self, rid: u64, id: u64, call: ServerCall) {
+        let inner = &self.inner;
+        let conn = {
+            let mut st = lock(&inner.state);
             let frame = wire::encode_call(id, &call).expect("server calls fit in a frame");
             st.outbox.entry(rid).or_default().insert(
                 id,
@@ -181,8 +193,7 @@ impl NetServer {
                     sent_on: 0,
                 },
             );
-            let conn = st.by_rid.get(&rid).and_then(|c| st.conns.get(c)).cloned();
-            (id, conn)
+            st.by_rid.get(&rid).and_then(|c| st.conns.get(c)).cloned()
         };
         if let Some(conn) = conn {
             let mut w = lock(&conn.writer);
@@ -201,7 +212,6 @@ impl NetServer {
                 inner.write(&conn, &mut w, &frame);
             }
         }
-        id
     }
 
     /// Forget the rid's outbox (it was fenced or left): replies to those calls are dropped.

@@ -20,7 +20,7 @@ use scoutgw_blockdev::BlockDevice;
 use crate::client::{LocalServer, MergerHandle};
 use crate::fence::{FenceReason, FenceRequest};
 use crate::format::Key;
-use crate::lock_server::{LockAction, LockServer};
+use crate::lock_server::{first_call_id, LockAction, LockServer};
 use crate::msg::{ClientReply, Request, Response, ServerCall, ServerError};
 use crate::net::{NetServer, ServerCalls};
 use crate::quorum::{self, ServerControl, ServerStatus};
@@ -262,7 +262,7 @@ impl Running {
             }
         }
         rids.retain(|r| !fenced_leaders.contains(r));
-        let locks = LockServer::new();
+        let locks = LockServer::with_first_call_id(first_call_id(term));
         locks.begin_recovery(&rids);
         if !rids.is_empty() {
             tracing::info!(
@@ -368,8 +368,8 @@ impl Running {
                 LockAction::Grant { rid, req_id, lock } => {
                     net.respond(rid, req_id, Ok(Response::Lock(lock)))
                 }
-                LockAction::Invalidate { rid, lock } => {
-                    net.call(rid, ServerCall::Invalidate(lock));
+                LockAction::Invalidate { rid, call_id, lock } => {
+                    net.call_with_id(rid, call_id, ServerCall::Invalidate(lock));
                 }
             }
         }
@@ -705,13 +705,13 @@ impl ServerCalls for Calls {
         }
     }
 
-    fn reply(&self, rid: u64, _call_id: u64, reply: ClientReply) {
+    fn reply(&self, rid: u64, call_id: u64, reply: ClientReply) {
         let Some(run) = self.0.upgrade() else {
             return;
         };
         match reply {
             ClientReply::Invalidated(nl) => {
-                let actions = run.locks.invalidated(rid, nl, &mut run.next_seq());
+                let actions = run.locks.invalidated(rid, call_id, nl, &mut run.next_seq());
                 run.send(actions);
             }
             ClientReply::Recovered(locks) => {

@@ -71,6 +71,9 @@ impl ClientCalls for MountLink {
     fn connected(&self, server_term: u64, new_server: bool) {
         if new_server {
             tracing::info!("connected to the server of term {server_term}");
+            if let Some(l) = self.locks() {
+                l.server_changed();
+            }
         }
     }
 }
