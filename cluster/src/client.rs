@@ -31,6 +31,7 @@ use crate::alloc::{ListAlloc, MetaList};
 use crate::btree::{self, BtreeError, BtreeWriter, Dirty, Item, LeafCursor};
 use crate::format::bloom::{bloom_bits, set_bit, test_bit, BloomBlockHeader};
 use crate::format::btree::ITEM_FLAG_DELETION;
+use crate::format::key::zone;
 use crate::format::log_trees::LogTrees;
 use crate::format::{Key, KIND_BLOOM};
 use crate::item_cache::{ItemCache, ItemCacheStats};
@@ -700,11 +701,34 @@ impl Client {
     }
 
     /// Unused inode numbers from the server: `(first, count)`.
+    ///
+    /// The server hands every number out once (its next inode number only grows), so no
+    /// tree holds an item of these inodes: the item cache covers their keys as empty from
+    /// now on, and this mount's commits fill them in. Reads of the files this mount creates
+    /// then never miss, even after merges moved their items into leaves it never read.
     pub fn alloc_inodes(&mut self, count: u64) -> Result<(u64, u64), ClientError> {
-        match self.call(Request::AllocInodes { count })? {
-            Response::AllocInodes { first, count } => Ok((first, count)),
-            other => Err(ClientError::Protocol(format!("{other:?} to AllocInodes"))),
+        let (first, count) = match self.call(Request::AllocInodes { count })? {
+            Response::AllocInodes { first, count } => (first, count),
+            other => return Err(ClientError::Protocol(format!("{other:?} to AllocInodes"))),
+        };
+        if self.cache.enabled() && count > 0 {
+            let last = first.saturating_add(count - 1);
+            let mut ino = first;
+            loop {
+                // One covered range per lock group, like every fill.
+                let to = (ino | (crate::lock_names::INODES_PER_LOCK - 1)).min(last);
+                self.cache.fill(
+                    Key::new(zone::FS, ino, 0, 0, 0, 0),
+                    Key::new(zone::FS, to, u8::MAX, u64::MAX, u64::MAX, u8::MAX),
+                    Vec::new(),
+                );
+                if to >= last {
+                    break;
+                }
+                ino = to + 1;
+            }
         }
+        Ok((first, count))
     }
 
     pub fn last_seq(&self) -> Result<u64, ClientError> {

@@ -792,6 +792,44 @@ fn a_miss_fills_the_range_around_its_key() {
     assert_eq!(r.item_cache_stats().hits, 102);
 }
 
+/// Inode numbers come from the server once: the item cache covers a new batch as empty at
+/// once, and the mount's commits fill it in. Reading the inodes' items after their trees
+/// were merged into fs_root then reads no block and misses nothing; a number not written
+/// reads as absent from the cache.
+#[test]
+fn a_new_inode_batch_is_covered_as_empty_and_filled_by_own_commits() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    let (first, count) = a.alloc_inodes(1500).unwrap();
+    assert!(count > 0);
+    let ino_key = |ino: u64| Key::new(zone::FS, ino, 1, 0, 0, 0);
+    for ino in first..first + count {
+        a.put(ino_key(ino), ino.to_le_bytes().to_vec(), 0).unwrap();
+    }
+    a.commit().unwrap();
+    server.with(|s| s.request_merge()).unwrap();
+    a.sync().unwrap();
+    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
+    a.refresh_roots().unwrap();
+    let before = (a.item_cache_stats(), a.meta_dev().cache_stats());
+    for ino in first..first + count {
+        assert_eq!(
+            a.get(&ino_key(ino)).unwrap(),
+            Some(ino.to_le_bytes().to_vec())
+        );
+    }
+    assert_eq!(a.get(&Key::new(zone::FS, first, 2, 0, 0, 0)).unwrap(), None);
+    let after = (a.item_cache_stats(), a.meta_dev().cache_stats());
+    assert_eq!(after.0.misses, before.0.misses, "no miss");
+    assert_eq!(after.0.hits, before.0.hits + count + 1);
+    assert_eq!(
+        after.1.hits + after.1.misses,
+        before.1.hits + before.1.misses,
+        "no block was read"
+    );
+}
+
 /// A merge moves items into fs_root without changing what a read returns: the cache is kept
 /// across it and still answers right. But a tree of another client that committed and was
 /// merged away between two refreshes empties it.
