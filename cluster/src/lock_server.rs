@@ -329,8 +329,11 @@ impl LockServer {
     ///
     /// Resends are expected (a client resends every unanswered request after reconnecting): a
     /// request already queued for the rid is not queued again (a different `req_id` replaces
-    /// the queued one's: a client has one request per lock at a time), and a request for the
-    /// mode this server already granted the rid is answered at once with the existing grant.
+    /// the queued one's: a client has one request per lock at a time); a resend of a request
+    /// this server granted is answered again with that grant, also while it is being
+    /// invalidated; and a request for the mode this server believes the rid holds is answered
+    /// at once with it. A request not answered yet bounds what its client uses by its
+    /// `old_mode` (see `LockState::bound_by_request`).
     pub fn request(
         &self,
         rid: u64,
