@@ -191,6 +191,8 @@ struct LockState {
     phase: Phase,
     /// A grant that arrived while an invalidation was in progress.
     deferred_grant: Option<NetLock>,
+    /// The call being answered was sent again meanwhile: answer it once more.
+    answer_again: bool,
 }
 
 impl LockState {
@@ -205,6 +207,7 @@ impl LockState {
             invalidating_mode: None,
             phase: Phase::Idle,
             deferred_grant: None,
+            answer_again: false,
         }
     }
 
@@ -488,7 +491,9 @@ impl Shared {
             } => {
                 // A failed answer is dropped: see the module doc.
                 let _ = self.sender.send_invalidated(call_id, resp);
-                self.finish(start, None);
+                if self.finish(start, None) {
+                    let _ = self.sender.send_invalidated(call_id, resp);
+                }
             }
             Work::Reduce {
                 start,
@@ -512,7 +517,9 @@ impl Shared {
                 match res {
                     Ok(()) => {
                         let _ = self.sender.send_invalidated(call_id, resp);
-                        self.finish(start, Some(old));
+                        if self.finish(start, Some(old)) {
+                            let _ = self.sender.send_invalidated(call_id, resp);
+                        }
                     }
                     Err(_) => {
                         let mut t = self.table();
@@ -527,14 +534,18 @@ impl Shared {
     }
 
     /// The head invalidation of `start` is answered.
-    fn finish(&self, start: Key, reduced_from: Option<LockMode>) {
+    ///
+    /// True when the server sent the call again while it was being answered (a reconnect):
+    /// the answer may have gone to the dead connection, so the caller sends it once more.
+    fn finish(&self, start: Key, reduced_from: Option<LockMode>) -> bool {
         let mut t = self.table();
         if let Some(old) = reduced_from {
             t.counts[old as usize].invalidations += 1;
         }
         let Some(st) = t.locks.get_mut(&start) else {
-            return;
+            return false;
         };
+        let again = std::mem::take(&mut st.answer_again);
         let answered = st.queue.pop_front().map(|i| i.call_id);
         st.invalidating_mode = None;
         st.phase = Phase::Idle;
@@ -552,6 +563,7 @@ impl Shared {
         t.gc(&start);
         drop(t);
         self.grants_cv.notify_all();
+        again
     }
 }
 
@@ -643,8 +655,12 @@ impl NetLocks {
             return;
         }
         let st = t.entry(start);
-        // A call resent after a reconnect while its first copy is still queued.
-        if st.queue.iter().any(|i| i.call_id == call_id) {
+        // A call resent after a reconnect while its first copy is still queued; if that copy
+        // is being answered right now, the answer may have gone to the dead connection.
+        if let Some(pos) = st.queue.iter().position(|i| i.call_id == call_id) {
+            if pos == 0 && st.phase != Phase::Idle {
+                st.answer_again = true;
+            }
             return;
         }
         st.queue.push_back(Invalidation { call_id, req });
@@ -654,12 +670,24 @@ impl NetLocks {
     }
 
     /// We are connected to a new server (the old one died): invalidations of the old one not
-    /// started yet are dropped. The new one rebuilds its table from our recovery report and
+    /// started yet are dropped, and so are the write_seqs of locks held at Null (recovery does
+    /// not report them, so the new server may grant lower ones). The new one rebuilds its table from our recovery report and
     /// invalidates again what it must; left queued, one waiting for a grant that will never
     /// come would hold up the new server's invalidations behind it. Invalidations in
     /// progress go on (recovery reports their old mode, seed 000).
     pub fn server_changed(&self) {
         let mut t = self.table();
+        // Write_seqs of locks recovery leaves out (held at Null) are not reported, so the
+        // new server may hand out lower ones: forget them, or a new grant would look older
+        // than the one remembered (`older_than_our_grant`, `reduces_a_grant_on_its_way`).
+        for st in t.locks.values_mut() {
+            if st.mode == LockMode::Null
+                && st.invalidating_mode.is_none()
+                && st.deferred_grant.is_none()
+            {
+                st.write_seq = 0;
+            }
+        }
         let starts: Vec<Key> = t.work.iter().copied().collect();
         for start in starts {
             if let Some(st) = t.locks.get_mut(&start) {
@@ -1538,6 +1566,69 @@ mod tests {
         settle();
         assert_eq!(nl.mode(&key(2)), Write);
         assert_eq!(sender.answers().len(), 1);
+        nl.shutdown();
+    }
+
+    /// A call the server sends again (a reconnect) while the worker answers it: the answer
+    /// may have gone to the dead connection, so it is sent once more.
+    #[test]
+    fn a_call_resent_while_it_is_being_answered_is_answered_again() {
+        let (nl, sender, cache) = setup();
+        give(&nl, 1, Write, 3);
+        let gate = hold_in_cache(&cache);
+        let call = NetLock {
+            write_seq: 3,
+            ..inv(1, Write, Null)
+        };
+        nl.invalidate(7, call);
+        gate.wait(); // the worker is inside the cache callback
+        nl.invalidate(7, call);
+        gate.wait();
+        eventually("two answers", || sender.answers().len() == 2);
+        let a = sender.answers();
+        assert_eq!((a[0].0, a[1].0), (7, 7));
+        assert_eq!(cache.calls().len(), 1, "reduced once");
+        nl.shutdown();
+    }
+
+    /// Recovery does not report a lock held at Null, so a new server may grant lower
+    /// write_seqs than one this node remembers for it: after a server change an
+    /// invalidation of the grant on its way must still wait for that grant.
+    #[test]
+    fn a_new_server_forgets_write_seqs_recovery_does_not_report() {
+        let (nl, sender, cache) = setup();
+        give(&nl, 1, Write, 100);
+        // Asks for WriteOnly; the old server takes the write away first.
+        let w = {
+            let nl = nl.clone();
+            thread::spawn(move || nl.wait_grant(&key(1), WriteOnly))
+        };
+        eventually("the request", || sender.requests().len() == 1);
+        nl.invalidate(
+            1,
+            NetLock {
+                write_seq: 100,
+                ..inv(1, Write, Null)
+            },
+        );
+        eventually("the first answer", || sender.answers().len() == 1);
+        assert!(nl.recover(&Key::MIN).is_empty(), "nothing held to report");
+        nl.server_changed();
+        // The new server grants WriteOnly with seq 50 and invalidates it; the invalidation
+        // arrives first.
+        nl.invalidate(
+            2,
+            NetLock {
+                write_seq: 50,
+                ..inv(1, WriteOnly, Null)
+            },
+        );
+        settle();
+        assert_eq!(sender.answers().len(), 1, "waits for the grant");
+        grant(&nl, sender.requests()[0], 50);
+        eventually("the second answer", || sender.answers().len() == 2);
+        assert_eq!(cache.calls().len(), 2);
+        drop(w);
         nl.shutdown();
     }
 
