@@ -706,7 +706,9 @@ impl NetLocks {
     /// Server call LockRecover: our locks with key >= start in key order, at most
     /// [`LOCK_RECOVER_BATCH`]; `old_mode` = `new_mode` = the mode held, or the old mode of a
     /// lock being invalidated (seed 000) joined with the mode of a grant waiting for that
-    /// invalidation to be answered. Locks held at Null are left out. The server asks
+    /// invalidation to be answered. Locks held at Null are left out unless a write_seq of
+    /// theirs is remembered (reported with mode Null: the new server's core seq must pass
+    /// it). The server asks
     /// again from the key after the last one returned; an empty batch ends recovery. After
     /// shutdown the batch is empty.
     pub fn recover(&self, start: &Key) -> Vec<NetLock> {
@@ -726,7 +728,10 @@ impl NetLocks {
                     held = join(held, g.new_mode);
                     write_seq = write_seq.max(g.write_seq);
                 }
-                (held != LockMode::Null).then_some(NetLock {
+                // A lock held at Null is reported too while we remember a write_seq of it:
+                // the new server's core seq must move past it (a grant of a lower one would
+                // look older than ours).
+                (held != LockMode::Null || write_seq != 0).then_some(NetLock {
                     key: *k,
                     write_seq,
                     old_mode: held,
@@ -1612,7 +1617,6 @@ mod tests {
             },
         );
         eventually("the first answer", || sender.answers().len() == 1);
-        assert!(nl.recover(&Key::MIN).is_empty(), "nothing held to report");
         nl.server_changed();
         // The new server grants WriteOnly with seq 50 and invalidates it; the invalidation
         // arrives first.
@@ -1629,6 +1633,40 @@ mod tests {
         eventually("the second answer", || sender.answers().len() == 2);
         assert_eq!(cache.calls().len(), 2);
         drop(w);
+        nl.shutdown();
+    }
+
+    /// An invalidation in progress when a new server connects is reported with its old
+    /// mode; if it finishes before the recovery call, the lock is at Null but its write_seq is
+    /// still reported, so the new server's core seq passes it (a grant of a lower one would
+    /// look older than ours and be kept through every invalidation: a livelock).
+    #[test]
+    fn recovery_reports_the_write_seq_of_a_lock_given_up_after_the_server_changed() {
+        let (nl, sender, cache) = setup();
+        give(&nl, 1, Write, 100);
+        let w = {
+            let nl = nl.clone();
+            thread::spawn(move || nl.wait_grant(&key(1), WriteOnly))
+        };
+        eventually("the request", || sender.requests().len() == 1);
+        let gate = hold_in_cache(&cache);
+        nl.invalidate(
+            1,
+            NetLock {
+                write_seq: 100,
+                ..inv(1, Write, Null)
+            },
+        );
+        gate.wait(); // in progress when the new server connects
+        nl.server_changed();
+        gate.wait();
+        eventually("the answer", || sender.answers().len() == 1);
+        assert_eq!(nl.mode(&key(1)), Null);
+        let rep = nl.recover(&Key::MIN);
+        assert_eq!(rep.len(), 1);
+        assert_eq!((rep[0].new_mode, rep[0].write_seq), (Null, 100));
+        grant(&nl, sender.requests()[0], 101);
+        w.join().unwrap().unwrap();
         nl.shutdown();
     }
 
