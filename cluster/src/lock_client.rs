@@ -1025,6 +1025,24 @@ mod tests {
         gate
     }
 
+    /// [`inv`] naming the grant's write_seq `ws`.
+    fn inv_ws(g: u64, old: LockMode, new: LockMode, ws: u64) -> NetLock {
+        NetLock {
+            write_seq: ws,
+            ..inv(g, old, new)
+        }
+    }
+
+    /// A thread waiting for a grant of `mode` on group `g`.
+    fn spawn_wait(
+        nl: &Arc<NetLocks>,
+        g: u64,
+        mode: LockMode,
+    ) -> thread::JoinHandle<Result<(), LockError>> {
+        let nl = nl.clone();
+        thread::spawn(move || nl.wait_grant(&key(g), mode))
+    }
+
     fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !done() {
@@ -1044,10 +1062,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(nl.try_lock(&key(3), Read, 1).unwrap(), None);
         // Not even while a request is in flight.
-        let waiter = {
-            let nl = nl.clone();
-            thread::spawn(move || nl.wait_grant(&key(3), Write))
-        };
+        let waiter = spawn_wait(&nl, 3, Write);
         eventually("the request", || sender.requests().len() == 1);
         assert_eq!(nl.try_lock(&key(3), Write, 1).unwrap(), None);
         assert_eq!(nl.try_lock(&key(3), Read, 1).unwrap(), None);
@@ -1104,10 +1119,7 @@ mod tests {
     fn an_upgrade_from_read_requests_write_stating_the_read_grant() {
         let (nl, sender, _) = setup();
         give(&nl, 2, Read, 0);
-        let w = {
-            let nl = nl.clone();
-            thread::spawn(move || nl.wait_grant(&key(2), Write))
-        };
+        let w = spawn_wait(&nl, 2, Write);
         eventually("the request", || sender.requests().len() == 1);
         assert_eq!(sender.requests()[0], inv(2, Read, Write));
         // Readers keep using the read grant meanwhile.
@@ -1124,13 +1136,7 @@ mod tests {
         let (nl, sender, cache) = setup();
         give(&nl, 1, Write, 3);
         let w = nl.try_lock(&key(1), Write, 1).unwrap().unwrap();
-        nl.invalidate(
-            7,
-            NetLock {
-                write_seq: 3,
-                ..inv(1, Write, Null)
-            },
-        );
+        nl.invalidate(7, inv_ws(1, Write, Null, 3));
         settle();
         assert!(cache.calls().is_empty(), "a writer still uses the lock");
         assert!(sender.answers().is_empty());
@@ -1443,10 +1449,7 @@ mod tests {
     fn an_invalidation_of_a_grant_still_in_flight_waits_for_the_grant() {
         let (nl, sender, cache) = setup();
         give(&nl, 1, Read, 0);
-        let w = {
-            let nl = nl.clone();
-            thread::spawn(move || nl.wait_grant(&key(1), Write))
-        };
+        let w = spawn_wait(&nl, 1, Write);
         eventually("the request", || sender.requests().len() == 1);
         // The server granted Write and then invalidated it; the invalidation comes first.
         nl.invalidate(9, inv(1, Write, Null));
@@ -1480,16 +1483,10 @@ mod tests {
     fn a_stale_write_invalidation_does_not_wait_for_the_grant_in_flight() {
         let (nl, sender, cache) = setup();
         give(&nl, 1, Write, 5);
-        let ws5 = |old, new| NetLock {
-            write_seq: 5,
-            ..inv(1, old, new)
-        };
+        let ws5 = |old, new| inv_ws(1, old, new, 5);
         nl.invalidate(1, ws5(Write, Read));
         eventually("the first answer", || sender.answers().len() == 1);
-        let w = {
-            let nl = nl.clone();
-            thread::spawn(move || nl.wait_grant(&key(1), Write))
-        };
+        let w = spawn_wait(&nl, 1, Write);
         eventually("the upgrade request", || sender.requests().len() == 1);
         nl.invalidate(2, ws5(Write, Null));
         eventually("answered without the grant", || sender.answers().len() == 2);
@@ -1514,10 +1511,7 @@ mod tests {
         nl.invalidate(4, inv(1, Read, Null));
         eventually("the answer", || sender.answers().len() == 1);
         // Asks again; the answer to call 4 was lost, so the server resends call 4.
-        let w = {
-            let nl = nl.clone();
-            thread::spawn(move || nl.wait_grant(&key(1), Read))
-        };
+        let w = spawn_wait(&nl, 1, Read);
         eventually("the request", || sender.requests().len() == 1);
         nl.invalidate(4, inv(1, Read, Null));
         eventually("answered again", || sender.answers().len() == 2);
@@ -1547,19 +1541,10 @@ mod tests {
         let gate = hold_in_cache(&cache);
         nl.invalidate(1, inv(1, Write, Null));
         gate.wait(); // lock 1: in progress
-        let w = {
-            let nl = nl.clone();
-            thread::spawn(move || nl.wait_grant(&key(2), Write))
-        };
+        let w = spawn_wait(&nl, 2, Write);
         eventually("the upgrade request", || sender.requests().len() == 1);
         // Lock 2: the dead server's invalidation of the write on its way waits for it.
-        nl.invalidate(
-            2,
-            NetLock {
-                write_seq: 7,
-                ..inv(2, Write, Null)
-            },
-        );
+        nl.invalidate(2, inv_ws(2, Write, Null, 7));
         settle();
         nl.server_changed();
         gate.wait();
@@ -1581,10 +1566,7 @@ mod tests {
         let (nl, sender, cache) = setup();
         give(&nl, 1, Write, 3);
         let gate = hold_in_cache(&cache);
-        let call = NetLock {
-            write_seq: 3,
-            ..inv(1, Write, Null)
-        };
+        let call = inv_ws(1, Write, Null, 3);
         nl.invalidate(7, call);
         gate.wait(); // the worker is inside the cache callback
         nl.invalidate(7, call);
@@ -1604,29 +1586,14 @@ mod tests {
         let (nl, sender, cache) = setup();
         give(&nl, 1, Write, 100);
         // Asks for WriteOnly; the old server takes the write away first.
-        let w = {
-            let nl = nl.clone();
-            thread::spawn(move || nl.wait_grant(&key(1), WriteOnly))
-        };
+        let w = spawn_wait(&nl, 1, WriteOnly);
         eventually("the request", || sender.requests().len() == 1);
-        nl.invalidate(
-            1,
-            NetLock {
-                write_seq: 100,
-                ..inv(1, Write, Null)
-            },
-        );
+        nl.invalidate(1, inv_ws(1, Write, Null, 100));
         eventually("the first answer", || sender.answers().len() == 1);
         nl.server_changed();
         // The new server grants WriteOnly with seq 50 and invalidates it; the invalidation
         // arrives first.
-        nl.invalidate(
-            2,
-            NetLock {
-                write_seq: 50,
-                ..inv(1, WriteOnly, Null)
-            },
-        );
+        nl.invalidate(2, inv_ws(1, WriteOnly, Null, 50));
         settle();
         assert_eq!(sender.answers().len(), 1, "waits for the grant");
         grant(&nl, sender.requests()[0], 50);
@@ -1644,19 +1611,10 @@ mod tests {
     fn recovery_reports_the_write_seq_of_a_lock_given_up_after_the_server_changed() {
         let (nl, sender, cache) = setup();
         give(&nl, 1, Write, 100);
-        let w = {
-            let nl = nl.clone();
-            thread::spawn(move || nl.wait_grant(&key(1), WriteOnly))
-        };
+        let w = spawn_wait(&nl, 1, WriteOnly);
         eventually("the request", || sender.requests().len() == 1);
         let gate = hold_in_cache(&cache);
-        nl.invalidate(
-            1,
-            NetLock {
-                write_seq: 100,
-                ..inv(1, Write, Null)
-            },
-        );
+        nl.invalidate(1, inv_ws(1, Write, Null, 100));
         gate.wait(); // in progress when the new server connects
         nl.server_changed();
         gate.wait();
@@ -1676,10 +1634,7 @@ mod tests {
     fn a_write_invalidation_older_than_our_grant_reduces_nothing() {
         let (nl, sender, cache) = setup();
         give(&nl, 1, Write, 9);
-        let old = NetLock {
-            write_seq: 4,
-            ..inv(1, Write, Null)
-        };
+        let old = inv_ws(1, Write, Null, 4);
         nl.invalidate(1, old);
         eventually("the answer", || sender.answers().len() == 1);
         assert_eq!(
@@ -1724,10 +1679,7 @@ mod tests {
         give(&nl, 1, Write, 3);
         let busy = nl.try_lock(&key(1), Write, 1).unwrap().unwrap();
         nl.invalidate(1, inv(1, Write, Null));
-        let w = {
-            let nl = nl.clone();
-            thread::spawn(move || nl.wait_grant(&key(1), Write))
-        };
+        let w = spawn_wait(&nl, 1, Write);
         settle();
         assert!(
             sender.requests().is_empty(),
@@ -1749,10 +1701,7 @@ mod tests {
     fn a_failed_send_keeps_the_request_pending_for_the_transport_to_resend() {
         let (nl, sender, _) = setup();
         sender.fail_requests.store(true, Ordering::SeqCst);
-        let w = {
-            let nl = nl.clone();
-            thread::spawn(move || nl.wait_grant(&key(1), Read))
-        };
+        let w = spawn_wait(&nl, 1, Read);
         eventually("the attempt", || sender.requests().len() == 1);
         settle();
         assert_eq!(sender.requests().len(), 1, "not resent by the lock client");
