@@ -154,8 +154,9 @@ const STALE_RETRIES: usize = 20;
 pub const ITEM_CACHE_BYTES: usize = 64 << 20;
 
 /// Range reads of at most this many items, or of every item of a range inside one lock group
-/// (a name's dirent hash, an inode's xattrs), go through the item cache; bigger ones (a
-/// readdir page) are read from the trees, which answer them without copying.
+/// (a name's dirent hash, an inode's xattrs), go through the item cache, filling it on a miss;
+/// bigger ones are read from the trees, except where [`Client::scan_each`] finds the cache
+/// already covering them (a readdir page).
 const FILL_SMALL_SCAN: usize = 16;
 
 /// One mount's view of the filesystem's items.
@@ -474,9 +475,34 @@ impl Client {
             return Err(*start);
         };
         let mut out = Vec::new();
-        let mut cached = self.cache.items_in(start, &upto).peekable();
-        let mut dirty = self.items.range(*start..=upto).peekable();
-        loop {
+        let n = self.visit_cached(start, &upto, limit, |key, seq, val| {
+            out.push(Item {
+                key: *key,
+                seq,
+                flags: 0,
+                val: val.to_vec(),
+            })
+        });
+        if n == limit || upto == *end {
+            Ok(out)
+        } else {
+            Err(upto.next().expect("below end"))
+        }
+    }
+
+    /// Call `f` with each of up to `limit` live items in `[start, upto]`, a range the item
+    /// cache covers, with the open transaction laid over the cache; the number of calls.
+    fn visit_cached(
+        &self,
+        start: &Key,
+        upto: &Key,
+        limit: usize,
+        mut f: impl FnMut(&Key, u64, &[u8]),
+    ) -> usize {
+        let mut n = 0;
+        let mut cached = self.cache.items_in(start, upto).peekable();
+        let mut dirty = self.items.range(*start..=*upto).peekable();
+        while n < limit {
             let (ck, dk) = (cached.peek().map(|c| c.0), dirty.peek().map(|d| *d.0));
             let take_dirty = match (ck, dk) {
                 (None, None) => break,
@@ -490,31 +516,55 @@ impl Client {
                     dk <= ck
                 }
             };
-            let it = if take_dirty {
-                let (_, it) = dirty.next().expect("peeked");
-                match live(it.clone()) {
-                    Some(it) => it,
-                    None => continue,
+            if take_dirty {
+                let (key, it) = dirty.next().expect("peeked");
+                if it.flags & ITEM_FLAG_DELETION != 0 {
+                    continue;
                 }
+                f(key, it.seq, &it.val);
             } else {
-                let (k, seq, val) = cached.next().expect("peeked");
-                Item {
-                    key: k,
-                    seq,
-                    flags: 0,
-                    val: val.to_vec(),
+                let (key, seq, val) = cached.next().expect("peeked");
+                f(&key, seq, val);
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// What [`Client::scan`] returns, handed to `f` one item at a time (key, value) instead
+    /// of copied into a vector: the part of the range the item cache covers from `start` on
+    /// is read in place, whatever `limit` is; the rest as `scan` reads it. The number of
+    /// items visited.
+    pub fn scan_each(
+        &mut self,
+        start: &Key,
+        end: &Key,
+        limit: usize,
+        mut f: impl FnMut(&Key, &[u8]),
+    ) -> Result<usize, ClientError> {
+        if start > end || limit == 0 {
+            return Ok(0);
+        }
+        self.refresh_if_old()?;
+        let mut n = 0;
+        let mut from = *start;
+        if self.caches(start) {
+            if let Some(upto) = self.cache.covered_upto(start, end) {
+                self.cache.count(true);
+                n = self.visit_cached(start, &upto, limit, |k, _, v| f(k, v));
+                if n == limit || upto == *end {
+                    return Ok(n);
                 }
-            };
-            out.push(it);
-            if out.len() == limit {
-                return Ok(out);
+                // The rest of the range: the items of the covered part are the same in
+                // either read, and nothing else reads or changes this client in between.
+                from = upto.next().expect("below end");
             }
         }
-        if upto == *end {
-            Ok(out)
-        } else {
-            Err(upto.next().expect("below end"))
+        for it in self.scan(&from, end, limit - n)? {
+            f(&it.key, &it.val);
+            n += 1;
         }
+        Ok(n)
     }
 
     /// The first existing item with key in `[start, end]`.

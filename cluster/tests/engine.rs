@@ -792,6 +792,73 @@ fn a_miss_fills_the_range_around_its_key() {
     assert_eq!(r.item_cache_stats().hits, 102);
 }
 
+/// `scan_each` hands out what `scan` returns: the part of a range the item cache covers is
+/// read in place with the open transaction on top (a changed value, a deletion, a new key),
+/// the rest from the trees, for any limit.
+#[test]
+fn scan_each_reads_the_covered_part_in_place_and_the_rest_from_the_trees() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    let mut model = BTreeMap::new();
+    for n in 0..3000 {
+        let v = vec![(n % 251) as u8; 1 + (n % 97) as usize];
+        a.put(key(n), v.clone(), 0).unwrap();
+        model.insert(key(n), v);
+    }
+    a.commit().unwrap();
+    let mut r = fs.client(&server, 2);
+    r.get(&key(5)).unwrap();
+    let covered = r.item_cache_stats().items as usize;
+    assert!(
+        covered > 10 && covered < 3000,
+        "one leaf's range is cached: {covered}"
+    );
+    let in_cache = (key(3), key(5), key(3).next().unwrap());
+    let past = (key(2990), key(2995), key(2990).next().unwrap());
+    for (changed, deleted, added) in [in_cache, past] {
+        r.put(changed, b"changed".to_vec(), 0).unwrap();
+        model.insert(changed, b"changed".to_vec());
+        r.delete(deleted, 0).unwrap();
+        model.remove(&deleted);
+        r.put(added, b"added".to_vec(), 0).unwrap();
+        model.insert(added, b"added".to_vec());
+    }
+    for limit in [1, 7, covered - 1, covered + 1, 2999, usize::MAX] {
+        let mut seen = Vec::new();
+        let n = r
+            .scan_each(&lo(), &hi(), limit, |k, v| seen.push((*k, v.to_vec())))
+            .unwrap();
+        let want: Vec<_> = model
+            .iter()
+            .take(limit)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        assert_eq!(n, want.len(), "limit {limit}");
+        assert!(
+            seen == want,
+            "limit {limit}: scan_each differs from the model"
+        );
+        let scanned: Vec<_> = r
+            .scan(&lo(), &hi(), limit)
+            .unwrap()
+            .into_iter()
+            .map(|it| (it.key, it.val))
+            .collect();
+        assert!(
+            scanned == want,
+            "limit {limit}: scan differs from the model"
+        );
+    }
+    // The covered part alone is read without a block.
+    let (cache, blocks) = (r.item_cache_stats(), r.meta_dev().cache_stats());
+    let n = r.scan_each(&lo(), &hi(), covered - 2, |_, _| ()).unwrap();
+    assert_eq!(n, covered - 2);
+    let after = r.meta_dev().cache_stats();
+    assert_eq!(after.hits + after.misses, blocks.hits + blocks.misses);
+    assert_eq!(r.item_cache_stats().hits, cache.hits + 1);
+}
+
 /// Inode numbers come from the server once: the item cache covers a new batch as empty at
 /// once, and the mount's commits fill it in. Reading the inodes' items after their trees
 /// were merged into fs_root then reads no block and misses nothing; a number not written

@@ -28,13 +28,21 @@ pub(crate) struct Dirent {
 }
 
 fn decode_dirent(val: &[u8]) -> Result<Dirent, FsError> {
-    let (hdr, name) = DirentHeader::read_from_prefix(val)
-        .map_err(|_| FsError::Corrupt("short directory entry".into()))?;
+    let (hdr, name) = dirent_parts(val)?;
     Ok(Dirent {
         hdr,
         name: name.to_vec(),
     })
 }
+
+/// A directory entry's header and its name, read in place.
+fn dirent_parts(val: &[u8]) -> Result<(DirentHeader, &[u8]), FsError> {
+    DirentHeader::read_from_prefix(val)
+        .map_err(|_| FsError::Corrupt("short directory entry".into()))
+}
+
+/// Entries a readdir page makes room for before it reads any.
+const READDIR_PREALLOC: usize = 1024;
 
 /// The entry `name` of directory `dir`.
 pub(crate) fn find_entry(
@@ -43,14 +51,26 @@ pub(crate) fn find_entry(
     name: &[u8],
 ) -> Result<Option<Dirent>, FsError> {
     let hash = name_hash(name);
-    let items = client.range(&dirent_key(dir, hash, 0), &dirent_key(dir, hash, u64::MAX))?;
-    for it in items {
-        let d = decode_dirent(&it.val)?;
-        if d.name == name {
-            return Ok(Some(d));
-        }
-    }
-    Ok(None)
+    // The entries whose names share the hash, read in place: no copy of those that differ.
+    let mut found: Option<Result<Dirent, FsError>> = None;
+    client.scan_each(
+        &dirent_key(dir, hash, 0),
+        &dirent_key(dir, hash, u64::MAX),
+        usize::MAX,
+        |_, val| {
+            if found.is_none() {
+                found = match dirent_parts(val) {
+                    Ok((hdr, n)) if n == name => Some(Ok(Dirent {
+                        hdr,
+                        name: n.to_vec(),
+                    })),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                };
+            }
+        },
+    )?;
+    found.transpose()
 }
 
 /// What a new entry points at.
@@ -533,19 +553,30 @@ impl Fs {
             let from = readdir_key(dir, cookie.saturating_add(1));
             let end = readdir_key(dir, u64::MAX);
             // One merged scan for the page (plus one entry to learn whether more follow), not a
-            // walk from the roots per entry.
-            let items = inner.client.scan(&from, &end, max.saturating_add(1))?;
-            let eof = items.len() <= max;
-            let mut entries = Vec::with_capacity(items.len().min(max));
-            for it in items.into_iter().take(max) {
-                let d = decode_dirent(&it.val)?;
-                entries.push(DirEntry {
-                    kind: dtype_kind(d.hdr.dtype),
-                    name: d.name,
-                    ino: d.hdr.ino.get(),
-                    generation: d.hdr.generation.get(),
-                    cookie: d.hdr.pos.get(),
-                });
+            // walk from the roots per entry; entries the item cache holds are decoded in place.
+            let mut entries = Vec::with_capacity(max.min(READDIR_PREALLOC));
+            let mut eof = true;
+            let mut bad = None;
+            inner
+                .client
+                .scan_each(&from, &end, max.saturating_add(1), |_, val| {
+                    if entries.len() == max {
+                        eof = false;
+                        return;
+                    }
+                    match dirent_parts(val) {
+                        Ok((hdr, name)) => entries.push(DirEntry {
+                            kind: dtype_kind(hdr.dtype),
+                            name: name.to_vec(),
+                            ino: hdr.ino.get(),
+                            generation: hdr.generation.get(),
+                            cookie: hdr.pos.get(),
+                        }),
+                        Err(e) => bad = bad.take().or(Some(e)),
+                    }
+                })?;
+            if let Some(e) = bad {
+                return Err(e);
             }
             Ok(DirPage { entries, eof })
         })
