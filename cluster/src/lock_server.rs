@@ -1537,6 +1537,13 @@ mod tests {
         }
     }
 
+    /// The next core seq of the simulated leader: past every write_seq lock recovery
+    /// reported to `server`.
+    fn core_seq(seq: &mut u64, server: &LockServer) -> u64 {
+        *seq = (*seq).max(server.max_write_seq()) + 1;
+        *seq
+    }
+
     struct Sim {
         server: LockServer,
         epoch: u64,
@@ -1546,6 +1553,8 @@ mod tests {
         next_rid: u64,
         next_req_id: u64,
         last_write_seq: u64,
+        /// The core seq the current server started from.
+        epoch_first_seq: u64,
         /// The current server's invalidation calls not answered yet: id → (rid, lock).
         calls: BTreeMap<u64, (u64, NetLock)>,
         /// The write_seq of the last write grant per (rid, key).
@@ -1583,6 +1592,7 @@ mod tests {
                 next_rid: 1,
                 next_req_id: 1,
                 last_write_seq: 0,
+                epoch_first_seq: 1,
                 calls: BTreeMap::new(),
                 write_seqs: BTreeMap::new(),
                 stats: SimStats::default(),
@@ -1669,11 +1679,8 @@ mod tests {
                 return false;
             };
             let rid = self.clients[ci].rid;
-            let seq = &mut self.seq;
-            let mut next = || {
-                *seq += 1;
-                *seq
-            };
+            let (seq, server) = (&mut self.seq, &self.server);
+            let mut next = || core_seq(seq, server);
             let acts = match msg {
                 Up::Request { req_id, lock } => self.server.request(rid, req_id, lock, &mut next),
                 Up::Invalidated { lock, call } => {
@@ -1682,8 +1689,10 @@ mod tests {
                 }
                 Up::Recover => {
                     let c = &self.clients[ci];
+                    // A lock held at Null is reported while its write_seq is remembered,
+                    // as the real client does.
                     let locks: Vec<NetLock> = (0..self.keys.len())
-                        .filter(|&k| c.report(k).0 != Null)
+                        .filter(|&k| c.report(k) != (Null, 0))
                         .map(|k| {
                             let (m, write_seq) = c.report(k);
                             NetLock {
@@ -1794,11 +1803,8 @@ mod tests {
             if self.trace {
                 eprintln!("rid {rid} fenced");
             }
-            let seq = &mut self.seq;
-            let acts = self.server.remove_client(rid, &mut || {
-                *seq += 1;
-                *seq
-            });
+            let (seq, server) = (&mut self.seq, &self.server);
+            let acts = server.remove_client(rid, &mut || core_seq(seq, server));
             self.clients[ci] = self.new_client();
             self.route(acts);
             self.stats.fences += 1;
@@ -1810,6 +1816,16 @@ mod tests {
             self.epoch += 1;
             self.server = LockServer::with_first_call_id(first_call_id(self.epoch));
             self.calls.clear();
+            // The new server's core seq may start where the dead one's did (nothing it handed
+            // out since was durable) or where it ended: lock recovery must lift it past
+            // every write_seq a client still uses or remembers. write_seqs go up within a
+            // server.
+            if order & (1 << 18) == 0 {
+                self.seq = self.epoch_first_seq;
+            }
+            self.epoch_first_seq = self.seq;
+            self.last_write_seq = 0;
+            self.write_seqs.clear();
             if self.trace {
                 eprintln!("failover to epoch {}", self.epoch);
             }
@@ -2007,8 +2023,16 @@ mod tests {
         sim.stats
     }
 
+    /// Schedules per run of the property: `LOCK_SIM_CASES`, 200 by default.
+    fn sim_cases() -> u32 {
+        std::env::var("LOCK_SIM_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200)
+    }
+
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(sim_cases()))]
 
         /// (h) Random interleavings of requests, invalidation answers, fencing and server
         /// failovers never let two clients use incompatible modes at once, and every request

@@ -27,6 +27,7 @@ use crate::quorum::{self, ServerControl, ServerStatus};
 use crate::recovery::Recovery;
 use crate::server::{Server, ServerConfig};
 
+use super::send_order::SendOrder;
 use super::NodeOptions;
 
 /// Counters of a running server.
@@ -190,6 +191,8 @@ struct Running {
     opts: NodeOptions,
     server: Arc<LocalServer>,
     locks: LockServer,
+    /// Each lock's messages are decided and sent under it, so they reach clients in order.
+    send_order: SendOrder,
     net: std::sync::OnceLock<NetServer>,
     recovery: Mutex<Recovery>,
     /// Clients whose connection broke: when, and their address.
@@ -279,6 +282,7 @@ impl Running {
             opts,
             server,
             locks,
+            send_order: SendOrder::new(),
             net: std::sync::OnceLock::new(),
             recovery: Mutex::new(recovery),
             disconnected: Mutex::new(HashMap::new()),
@@ -385,6 +389,7 @@ impl Running {
         if let Some(n) = self.net() {
             n.cancel_calls(rid);
         }
+        let _order = self.send_order.every();
         let actions = self.locks.remove_client(rid, &mut self.next_seq());
         self.send(actions);
     }
@@ -680,6 +685,7 @@ impl ServerCalls for Calls {
         };
         match req {
             Request::Lock(nl) => {
+                let _order = run.send_order.one(&nl.key);
                 let actions = run.locks.request(rid, req_id, nl, &mut run.next_seq());
                 run.send(actions);
                 None
@@ -711,6 +717,7 @@ impl ServerCalls for Calls {
         };
         match reply {
             ClientReply::Invalidated(nl) => {
+                let _order = run.send_order.one(&nl.key);
                 let actions = run.locks.invalidated(rid, call_id, nl, &mut run.next_seq());
                 run.send(actions);
             }
@@ -730,6 +737,7 @@ impl ServerCalls for Calls {
                         lock(&run.recovery).locks_recovered(rid);
                         let max = run.locks.max_write_seq();
                         run.server.with(|s| s.advance_seq_past(max));
+                        let _order = run.send_order.every();
                         let actions = run.locks.recovery_done(rid, &mut run.next_seq());
                         run.send(actions);
                     }

@@ -17,6 +17,7 @@
 
 mod leader;
 mod mount;
+mod send_order;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
