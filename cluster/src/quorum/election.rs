@@ -12,9 +12,14 @@
 //!
 //! * Messages of an older term are ignored. A newer term makes us a follower of that term
 //!   with no vote cast, and is persisted (`TERM`).
-//! * A follower or candidate whose deadline passes without a heartbeat becomes a candidate:
-//!   term + 1, votes for itself, persists `TERM`, asks every other slot for its vote. It is
-//!   not done while our own server is still stopping.
+//! * A follower or candidate whose deadline passes without a heartbeat first asks the others
+//!   whether they would vote for it in term + 1 (pre-vote, raft thesis 9.6); nobody changes
+//!   term for that. A member grants it unless it leads or heard its leader within the
+//!   shortest election timeout. With enough grants (counting its own) it becomes a
+//!   candidate: term + 1, votes for itself, persists `TERM`, asks every other slot for its
+//!   vote. So a member cut off from the others does not raise its term, and does not make
+//!   the leader step down when it comes back. Neither is done while our own server is
+//!   still stopping.
 //! * A follower votes once per term, for the first candidate that asks; not at all in the
 //!   term it starts in (it may have voted in that term before it restarted).
 //! * A candidate with enough votes (1 with fewer than 3 slots, else a majority) leads: it
@@ -87,6 +92,8 @@ pub struct Election {
     role: Role,
     voted_for: Option<usize>,
     votes: SlotSet,
+    /// While we ask whether others would vote for us in term + 1: who would (us included).
+    pre_votes: Option<SlotSet>,
     leader: Option<usize>,
     last_heartbeat: Option<Instant>,
     /// Follower and candidate: when to start an election.
@@ -125,6 +132,7 @@ impl Election {
             // persisted): it abstains until the next term.
             voted_for: Some(slot),
             votes: SlotSet::EMPTY,
+            pre_votes: None,
             leader: None,
             last_heartbeat: None,
             deadline: now,
@@ -229,7 +237,7 @@ impl Election {
                         // down, or a new server of ours could run beside the old one.
                         self.deadline = now + self.election_timeout();
                     } else {
-                        self.become_candidate(now, &mut acts);
+                        self.start_pre_vote(now, &mut acts);
                     }
                 }
             }
@@ -241,11 +249,35 @@ impl Election {
     /// A valid message arrived at `now`.
     pub fn received(&mut self, msg: QuorumMessage, now: Instant) -> Vec<Action> {
         let mut acts = Vec::new();
-        if self.shutting_down
-            || msg.from == self.slot
-            || !self.slots.contains(msg.from)
-            || msg.term < self.term
-        {
+        if self.shutting_down || msg.from == self.slot || !self.slots.contains(msg.from) {
+            return acts;
+        }
+        // Pre-vote messages name a term nobody is in yet: they change no term.
+        match msg.ty {
+            MessageType::PreVote => {
+                if msg.term > self.term && self.would_vote(now) {
+                    acts.push(Action::Send {
+                        to: Some(msg.from),
+                        msg: QuorumMessage::new(MessageType::PreVoteGranted, msg.term, self.slot),
+                    });
+                }
+                return acts;
+            }
+            MessageType::PreVoteGranted => {
+                if msg.term == self.term + 1 {
+                    if let Some(pre) = self.pre_votes.as_mut() {
+                        pre.insert(msg.from);
+                        if pre.len() >= self.votes_needed {
+                            self.become_candidate(now, &mut acts);
+                        }
+                    }
+                }
+                self.reconcile_server(&mut acts);
+                return acts;
+            }
+            _ => {}
+        }
+        if msg.term < self.term {
             return acts;
         }
         if msg.term > self.term {
@@ -263,6 +295,7 @@ impl Election {
                 // elect itself) or two members in one slot: the higher slot yields.
                 if self.role != Role::Leader || msg.from < self.slot {
                     self.role = Role::Follower;
+                    self.pre_votes = None;
                     self.leader = Some(msg.from);
                     self.last_heartbeat = Some(now);
                     self.deadline = now + self.opts.heartbeat_timeout;
@@ -287,6 +320,8 @@ impl Election {
                     self.deadline = now + self.election_timeout();
                 }
             }
+            // Answered above, before the term rules.
+            MessageType::PreVote | MessageType::PreVoteGranted => {}
             MessageType::Vote => {
                 if self.role == Role::Candidate {
                     if self.votes.contains(msg.from) {
@@ -384,11 +419,39 @@ impl Election {
         }
     }
 
+    /// Whether we would vote for a candidate now: not while we lead or hear our leader
+    /// (within the shortest election timeout: heartbeats come more often than that).
+    fn would_vote(&self, now: Instant) -> bool {
+        let hears_leader = self.leader.is_some()
+            && self
+                .last_heartbeat
+                .is_some_and(|t| now.saturating_duration_since(t) < self.opts.election_min);
+        self.role != Role::Leader && !hears_leader
+    }
+
+    /// Our deadline passed: ask the others whether they would vote for us in term + 1
+    /// (again, if an earlier round got too few answers).
+    fn start_pre_vote(&mut self, now: Instant, acts: &mut Vec<Action>) {
+        let mut pre = SlotSet::EMPTY;
+        pre.insert(self.slot);
+        self.deadline = now + self.election_timeout();
+        if pre.len() >= self.votes_needed {
+            self.become_candidate(now, acts);
+            return;
+        }
+        self.pre_votes = Some(pre);
+        acts.push(Action::Send {
+            to: None,
+            msg: QuorumMessage::new(MessageType::PreVote, self.term + 1, self.slot),
+        });
+    }
+
     fn adopt_term(&mut self, term: u64, acts: &mut Vec<Action>) {
         self.term = term;
         self.role = Role::Follower;
         self.voted_for = None;
         self.votes = SlotSet::EMPTY;
+        self.pre_votes = None;
         self.leader = None;
         self.last_heartbeat = None;
         acts.push(Action::Persist {
@@ -495,10 +558,25 @@ mod tests {
             .collect()
     }
 
+    /// Let `e`'s deadline pass at `t` and grant its pre-vote from the other slots until it
+    /// stands for election (a candidate of its term + 1).
+    fn stand(e: &mut Election, t: Instant) -> Vec<Action> {
+        let mut acts = e.tick(t);
+        let term = e.term() + 1;
+        let mut from = 0;
+        while e.role() == Role::Follower {
+            if from != e.slot() {
+                acts.extend(e.received(msg(MessageType::PreVoteGranted, term, from), t));
+            }
+            from += 1;
+        }
+        acts
+    }
+
     /// Make `e` (of `n` slots) leader of term `e.term() + 1` at `now` by granting votes.
     fn elect(e: &mut Election, now: Instant) -> Vec<Action> {
         let t = now + Duration::from_secs(1);
-        let mut acts = e.tick(t);
+        let mut acts = stand(e, t);
         let term = e.term();
         let mut from = 0;
         while e.role() != Role::Leader {
@@ -588,7 +666,11 @@ mod tests {
         let mut e = Election::new(1, slots(3), opts(), start, t0, 1);
         assert_eq!(e.term(), 7);
         assert!(e.tick(t0 + Duration::from_millis(2900)).is_empty());
-        let acts = e.tick(t0 + Duration::from_millis(3000));
+        let t = t0 + Duration::from_millis(3000);
+        let acts = e.tick(t);
+        assert_eq!(sends(&acts), vec![(None, MessageType::PreVote, 8)]);
+        assert!(persists(&acts).is_empty(), "no term changes for a pre-vote");
+        let acts = e.received(msg(MessageType::PreVoteGranted, 8, 0), t);
         assert_eq!(e.role(), Role::Candidate);
         assert_eq!(
             persists(&acts),
@@ -619,6 +701,9 @@ mod tests {
         let last = t0 + 10_000 * MS;
         assert!(f.tick(last + 2_900 * MS).is_empty());
         let acts = f.tick(last + 3_000 * MS);
+        assert_eq!(sends(&acts), vec![(None, MessageType::PreVote, 5)]);
+        assert_eq!(f.term(), 4);
+        let acts = f.received(msg(MessageType::PreVoteGranted, 5, 2), last + 3_000 * MS);
         assert_eq!(sends(&acts), vec![(None, MessageType::RequestVote, 5)]);
     }
 
@@ -689,7 +774,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = member(0, 5, t0);
         let t = t0 + 400 * MS;
-        c.tick(t);
+        stand(&mut c, t);
         assert_eq!(c.role(), Role::Candidate);
         c.received(msg(MessageType::Vote, 1, 3), t);
         c.received(msg(MessageType::Vote, 1, 3), t);
@@ -710,9 +795,19 @@ mod tests {
         let t0 = Instant::now();
         let mut n: Vec<Election> = (0..3).map(|s| member(s, 3, t0)).collect();
         let t = t0 + 400 * MS;
-        // Slots 0 and 1 time out together: both stand in term 1.
-        n[0].tick(t);
-        n[1].tick(t);
+        // Slots 0 and 1 time out together: slot 2 hears no leader and grants both pre-votes,
+        // so both stand in term 1.
+        for c in 0..2 {
+            let ask = n[c].tick(t);
+            assert_eq!(sends(&ask), vec![(None, MessageType::PreVote, 1)]);
+            let grant = n[2].received(msg(MessageType::PreVote, 1, c), t);
+            assert_eq!(
+                sends(&grant),
+                vec![(Some(c), MessageType::PreVoteGranted, 1)]
+            );
+            n[c].received(msg(MessageType::PreVoteGranted, 1, 2), t);
+            assert_eq!(n[c].role(), Role::Candidate);
+        }
         // Slot 2 hears 1 first; 0's request arrives twice and late; 1's vote request to 0
         // is lost.
         let v = n[2].received(msg(MessageType::RequestVote, 1, 1), t);
@@ -879,7 +974,13 @@ mod tests {
         assert_eq!(f.leader(), None);
         assert!(f.next_wakeup() < t + 350 * MS);
         let acts = f.tick(t + 350 * MS);
-        assert_eq!(sends(&acts), vec![(None, MessageType::RequestVote, 2)]);
+        assert_eq!(sends(&acts), vec![(None, MessageType::PreVote, 2)]);
+        // The resigned leader hears no leader either: it would vote.
+        let acts = l.received(msg(MessageType::PreVote, 2, 0), t + 350 * MS);
+        assert_eq!(
+            sends(&acts),
+            vec![(Some(0), MessageType::PreVoteGranted, 2)]
+        );
     }
 
     #[test]
@@ -1145,6 +1246,30 @@ mod tests {
             sim.max_delay_ms = 5;
             sim.run(Duration::from_secs(5));
             assert!(sim.sole_leader().is_some(), "seed {seed}");
+        }
+    }
+
+    /// Pre-vote (raft thesis 9.6): a member cut off from the others does not raise its term
+    /// while it cannot win (the others still hear their leader and refuse it), so when it
+    /// comes back it follows the leader, which keeps its term and its server.
+    #[test]
+    fn a_follower_cut_off_for_many_election_timeouts_rejoins_without_disturbing_the_leader() {
+        for seed in 1..=20u64 {
+            let mut sim = Sim::new(3, seed);
+            sim.run(Duration::from_secs(3));
+            let (leader, term) = sim.sole_leader().expect("leader");
+            let cut = (leader + 1) % 3;
+            sim.nodes[cut].cut = true;
+            sim.run(Duration::from_secs(5));
+            assert_eq!(sim.nodes[cut].el.term(), term, "seed {seed}: term raised");
+            sim.nodes[cut].cut = false;
+            sim.run(Duration::from_secs(2));
+            assert_eq!(sim.sole_leader(), Some((leader, term)), "seed {seed}");
+            assert_eq!(sim.nodes[cut].el.leader(), Some(leader), "seed {seed}");
+            assert!(
+                matches!(sim.nodes[leader].server, ServerStatus::Up { term: t } if t == term),
+                "seed {seed}: the leader's server was stopped"
+            );
         }
     }
 

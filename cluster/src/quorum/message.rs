@@ -5,7 +5,7 @@
 //! | 0 | 8 | `fsid` (little-endian) |
 //! | 8 | 8 | `version` of the quorum config the sender uses |
 //! | 16 | 8 | `term` |
-//! | 24 | 1 | `type`: RequestVote 0, Vote 1, Heartbeat 2, Resignation 3 |
+//! | 24 | 1 | `type`: RequestVote 0, Vote 1, Heartbeat 2, Resignation 3, PreVote 4, PreVoteGranted 5 |
 //! | 25 | 1 | `from`: the sender's slot |
 //! | 26 | 2 | zero |
 //! | 28 | 4 | crc32c (init `!0`, no final xor, as block crcs) of bytes 0..28 |
@@ -46,6 +46,11 @@ pub enum MessageType {
     Heartbeat = 2,
     /// The leader of the term gives up (its server stopped or it is shutting down).
     Resignation = 3,
+    /// A member about to stand for election asks whether others would vote for it in
+    /// `term` (its term + 1) without anyone changing term yet.
+    PreVote = 4,
+    /// The answer to a `PreVote`: the sender would vote in `term` (it hears no leader).
+    PreVoteGranted = 5,
 }
 
 impl MessageType {
@@ -55,6 +60,8 @@ impl MessageType {
             1 => Self::Vote,
             2 => Self::Heartbeat,
             3 => Self::Resignation,
+            4 => Self::PreVote,
+            5 => Self::PreVoteGranted,
             _ => return None,
         })
     }
@@ -65,6 +72,8 @@ impl MessageType {
             Self::Vote => "vote",
             Self::Heartbeat => "heartbeat",
             Self::Resignation => "resignation",
+            Self::PreVote => "pre_vote",
+            Self::PreVoteGranted => "pre_vote_granted",
         }
     }
 }
@@ -188,7 +197,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn message_encode_decode_round_trips(term: u64, ty in 0u8..4, from in prop::sample::select(vec![0usize, 1, 2, 14]), version: u64) {
+        fn message_encode_decode_round_trips(term: u64, ty in 0u8..6, from in prop::sample::select(vec![0usize, 1, 2, 14]), version: u64) {
             let m = QuorumMessage::new(MessageType::from_u8(ty).unwrap(), term, from);
             let b = m.encode(FSID, version);
             prop_assert_eq!(QuorumMessage::decode(&b, FSID, version, slots()), Ok(m));
@@ -252,12 +261,12 @@ mod tests {
             Err(MessageError::Slot(3))
         );
         let mut b = QuorumMessage::new(MessageType::Heartbeat, 5, 0).encode(FSID, 1);
-        b[24] = 4;
+        b[24] = 6;
         let crc = !crc32c::crc32c(&b[..28]);
         b[28..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             QuorumMessage::decode(&b, FSID, 1, slots()),
-            Err(MessageError::Type(4))
+            Err(MessageError::Type(6))
         );
         assert_eq!(
             QuorumMessage::decode(&b[..31], FSID, 1, slots()),
