@@ -99,6 +99,21 @@ impl T {
         self.fs.as_ref().unwrap()
     }
 
+    /// Another mount of the filesystem as `rid`, through `server`, its metadata read and
+    /// written through `meta`.
+    fn other_mount(&self, server: &Arc<LocalServer>, meta: Arc<dyn BlockDevice>, rid: u64) -> Fs {
+        let md = Arc::new(MetaDev::new(meta, server.with(|s| s.fsid()), 16 << 20));
+        Fs::mount(
+            md,
+            open(&self.data),
+            server.clone(),
+            Arc::new(LocalLocks::new()),
+            rid,
+            FsOptions::default(),
+        )
+        .unwrap()
+    }
+
     /// Unmount cleanly and mount again.
     fn remount(&mut self) {
         self.fs.take().unwrap().unmount().unwrap();
@@ -666,20 +681,7 @@ fn synced_changes_survive_a_crash_and_unsynced_ones_vanish_whole() {
 fn index_walkers_that_checkpoint_the_horizon_miss_no_change() {
     let mut t = T::new();
     let server = t.server.clone().unwrap();
-    let walker_md = Arc::new(MetaDev::new(
-        open(&t.meta),
-        server.with(|s| s.fsid()),
-        16 << 20,
-    ));
-    let walker = Fs::mount(
-        walker_md,
-        open(&t.data),
-        server.clone(),
-        Arc::new(LocalLocks::new()),
-        999,
-        FsOptions::default(),
-    )
-    .unwrap();
+    let walker = t.other_mount(&server, open(&t.meta), 999);
     let mut files = Vec::new();
     for n in 0..40 {
         files.push(
@@ -899,4 +901,60 @@ fn reads_during_truncates_writes_and_commits_see_only_their_files_bytes() {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
+}
+
+/// A commit that fails (here the mount's metadata writes fail with EIO) loses the open
+/// transaction. From then on every operation fails with an I/O error, also after the device
+/// works again, instead of answering from changes the cluster never saw; and the mount
+/// gives a lock up at once when another node wants it (it has nothing it could still
+/// write), so other nodes do not wait on it forever. A new mount sees what was committed.
+#[test]
+fn after_a_failed_commit_every_operation_fails_and_locks_are_given_up_at_once() {
+    use scoutgw_blockdev::device::Faults;
+    use scoutgw_blockdev::FaultyDevice;
+    use scoutgw_cluster::format::Key;
+    use scoutgw_cluster::lock::LockMode;
+
+    let mut t = T::new();
+    t.fs.take().unwrap().unmount().unwrap();
+    let server = Arc::new(LocalServer::new(
+        Server::open(open(&t.meta), t.cfg.clone()).unwrap(),
+    ));
+    let faulty = Arc::new(FaultyDevice::new(
+        FileDevice::open(&t.meta, DeviceOptions::default()).unwrap(),
+    ));
+    let fs = t.other_mount(&server, faulty.clone(), 77);
+    let kept = fs.create(ROOT_INO, b"kept", &file(0o644), true).unwrap();
+    fs.write(kept.ino, 0, b"durable").unwrap();
+    fs.sync().unwrap();
+    fs.create(ROOT_INO, b"lost", &file(0o644), true).unwrap();
+    faulty.set_faults(Faults {
+        fail_writes: true,
+        ..Faults::default()
+    });
+    assert!(matches!(fs.sync(), Err(FsError::Io(_))));
+    assert!(fs.is_failed());
+    faulty.set_faults(Faults::default());
+    let io = |r: Result<(), FsError>| matches!(r, Err(FsError::Io(_)));
+    assert!(io(fs.lookup(ROOT_INO, b"kept").map(drop)));
+    assert!(io(fs.lookup(ROOT_INO, b"lost").map(drop)));
+    assert!(io(fs.getattr(kept.ino).map(drop)));
+    assert!(io(fs.read(kept.ino, 0, 7).map(drop)));
+    assert!(io(fs.readdir(ROOT_INO, 0, 10).map(drop)));
+    assert!(io(fs
+        .create(ROOT_INO, b"more", &file(0o644), true)
+        .map(drop)));
+    assert!(io(fs.unlink(ROOT_INO, b"kept")));
+    let k = Key::new(scoutgw_cluster::format::key::zone::FS, 0, 0, 0, 0, 0);
+    assert_eq!(
+        fs.invalidate_lock(&k, &k, LockMode::Write, LockMode::Null),
+        Ok(())
+    );
+    drop(fs);
+    drop(server);
+    t.mount();
+    assert_eq!(t.fs().lookup(ROOT_INO, b"kept").unwrap().ino, kept.ino);
+    assert_eq!(t.fs().read(kept.ino, 0, 100).unwrap(), b"durable");
+    assert_eq!(t.fs().lookup(ROOT_INO, b"lost"), Err(FsError::NotFound));
+    t.fsck_clean();
 }

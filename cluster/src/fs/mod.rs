@@ -19,12 +19,13 @@ mod inode;
 pub mod types;
 mod xattr;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use scoutgw_blockdev::{BlockDevice, DataDev, MetaDev};
 
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::format::inode::inode_key;
 use crate::format::Key;
 use crate::lock::{Lock, LockClient, LockMode};
@@ -86,6 +87,10 @@ pub struct Fs {
     /// commits: a commit is what lets freed blocks be handed out again, so a block a read
     /// planned cannot be reused before the read is done.
     data_readers: RwLock<()>,
+    /// A commit failed: the open transaction's changes are lost, so the mount answers
+    /// nothing any more (it could only answer from state the cluster never saw) and gives
+    /// up its locks at once when other nodes want them.
+    failed: AtomicBool,
 }
 
 impl std::fmt::Debug for Fs {
@@ -142,6 +147,7 @@ impl Fs {
             waiters: archive::Waiters::default(),
             wake: Condvar::new(),
             data_readers: RwLock::new(()),
+            failed: AtomicBool::new(false),
         })
     }
 
@@ -217,6 +223,9 @@ impl Fs {
         mut op: impl FnMut() -> Result<R, FsError>,
     ) -> Result<R, FsError> {
         loop {
+            if self.is_failed() {
+                return Err(ClientError::Failed.into());
+            }
             match op() {
                 Err(FsError::LockWait { key, mode }) => self
                     .locks
@@ -240,6 +249,13 @@ impl Fs {
         new: LockMode,
     ) -> Result<(), FsError> {
         let mut inner = self.inner();
+        if self.is_failed() {
+            // Nothing of the lost transaction can be written, and this mount reads nothing
+            // again: let the other node have the lock (once no data read is in flight).
+            drop(self.data_readers.write().unwrap_or_else(|p| p.into_inner()));
+            inner.client.drop_cached_items();
+            return Ok(());
+        }
         if matches!(old, LockMode::Write | LockMode::WriteOnly) {
             self.commit_locked(&mut inner)?;
         } else {
@@ -266,8 +282,17 @@ impl Fs {
             self.data.flush()?;
             inner.data_dirty = false;
         }
-        inner.client.commit()?;
+        if let Err(e) = inner.client.commit() {
+            self.failed.store(true, Ordering::SeqCst);
+            return Err(e.into());
+        }
         Ok(())
+    }
+
+    /// Whether a commit failed: every operation fails with [`FsError::Io`] from then on,
+    /// until the node mounts again.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
     }
 
     /// Statistics of the mount's metadata block cache.

@@ -151,11 +151,12 @@ impl HttpService {
         match path {
             "/healthz" => return json_response(200, &json!({ "status": "ok" })),
             "/readyz" => {
-                return if self.ready.load(Ordering::Relaxed) {
+                // A mount whose commit failed answers every request with an I/O error.
+                return if self.ready.load(Ordering::Relaxed) && !self.api.fs.is_failed() {
                     json_response(200, &json!({ "status": "ready" }))
                 } else {
                     json_response(503, &json!({ "status": "not ready" }))
-                }
+                };
             }
             _ => {}
         }
