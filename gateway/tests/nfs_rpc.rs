@@ -858,6 +858,51 @@ fn readdirplus_cookies_resume_while_the_directory_changes() {
 // ------------------------------------------------------------------------------------------
 // AUTH_SYS permissions and export options
 
+/// The set-ID and ownership rules pjdfstest checks through the Linux client (chown/00.t,
+/// chown/07.t, chmod/00.t, chmod/12.t), as a local Linux filesystem applies them.
+#[test]
+fn ownership_changes_and_writes_follow_the_set_id_rules_of_a_local_filesystem() {
+    let (node, mut root_c, root) = setup(14024);
+    let mut owner = Rpc::connect_as(node.addr(), Cred::user(65534, 65534, &[65532]));
+    let mut other = Rpc::connect_as(node.addr(), Cred::user(65533, 65533, &[]));
+    let d = root_c.mkdir_mode(&root, b"d", 0o777);
+    let f = owner.create_file(&d, b"f", 0o644);
+    let mode = |c: &mut Rpc, fh: &[u8]| c.getattr(fh).unwrap().mode & 0o7777;
+    // Naming the owner or group a file already has is still a chown: not for others.
+    let same = Sattr {
+        uid: Some(65534),
+        gid: Some(65534),
+        ..Sattr::default()
+    };
+    assert_eq!(other.setattr(&f, &same).unwrap_err(), st::PERM);
+    let group_only = Sattr {
+        gid: Some(65534),
+        ..Sattr::default()
+    };
+    assert_eq!(other.setattr(&f, &group_only).unwrap_err(), st::PERM);
+    owner.setattr(&f, &same).expect("the owner names itself");
+    // A group change by the owner clears set-user-ID and set-group-ID.
+    owner.setattr(&f, &Sattr::mode(0o6555)).unwrap();
+    assert_eq!(mode(&mut owner, &f), 0o6555);
+    let to_other_group = Sattr {
+        gid: Some(65532),
+        ..Sattr::default()
+    };
+    owner.setattr(&f, &to_other_group).unwrap();
+    assert_eq!(mode(&mut owner, &f), 0o555);
+    // Without being in the file's group the owner cannot set set-group-ID: it is dropped.
+    let mut elsewhere = Rpc::connect_as(node.addr(), Cred::user(65534, 65531, &[]));
+    elsewhere.setattr(&f, &Sattr::mode(0o2755)).unwrap();
+    assert_eq!(mode(&mut owner, &f), 0o755);
+    // A write by a caller without privilege clears both bits; root's write does not.
+    let w = root_c.create_file(&d, b"w", 0o6777);
+    root_c.setattr(&w, &Sattr::mode(0o6777)).unwrap();
+    root_c.write_all(&w, b"root");
+    assert_eq!(mode(&mut root_c, &w), 0o6777);
+    other.write_all(&w, b"x");
+    assert_eq!(mode(&mut root_c, &w), 0o777);
+}
+
 #[test]
 fn auth_sys_permissions_are_enforced() {
     let (node, mut root_c, root) = setup(14010);

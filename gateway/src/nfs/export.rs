@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use scoutgw_cluster::fs::Attr;
+use scoutgw_cluster::fs::{Attr, FileType};
 
 use super::rpc::Credentials;
 
@@ -214,6 +214,64 @@ pub fn may_delete(dir: &Attr, victim: &Attr, caller: &Caller) -> bool {
     dir.mode & 0o1000 == 0 || caller.uid == 0 || caller.uid == victim.uid || caller.uid == dir.uid
 }
 
+/// Set-user-ID, set-group-ID and group execute bits.
+const S_ISUID: u32 = 0o4000;
+const S_ISGID: u32 = 0o2000;
+const S_IXGRP: u32 = 0o0010;
+
+/// `bits` without set-user-ID, and without set-group-ID when group execute is set (a
+/// set-group-ID bit without group execute means mandatory locking, not privilege).
+fn without_privs(bits: u32) -> u32 {
+    let bits = bits & !S_ISUID;
+    if bits & S_IXGRP != 0 {
+        bits & !S_ISGID
+    } else {
+        bits
+    }
+}
+
+/// The permission bits a SETATTR stores, by the rules Linux applies to a local filesystem
+/// and its NFS server (`setattr_prepare`, nfsd's attribute sanitizing): a caller without
+/// privilege cannot set set-group-ID on a file whose (new) group is not one of its groups;
+/// a change of owner or group of anything but a directory or symlink clears the
+/// privilege bits, and so does a truncate by a caller without privilege. `None`: the mode
+/// stays as it is.
+pub fn setattr_mode(
+    attr: &Attr,
+    mode: Option<u32>,
+    owner_change: (Option<u32>, Option<u32>),
+    size: Option<u64>,
+    caller: &Caller,
+) -> Option<u32> {
+    let (uid, gid) = owner_change;
+    let mut mode = mode.map(|m| m & 0o7777);
+    if let Some(m) = mode.as_mut() {
+        if caller.uid != 0 && !caller.in_group(gid.unwrap_or(attr.gid)) {
+            *m &= !S_ISGID;
+        }
+    }
+    let kind = attr.file_type();
+    let chown = uid.is_some() || gid.is_some();
+    let truncate = size.is_some() && caller.uid != 0;
+    if (chown || truncate) && !matches!(kind, Some(FileType::Directory | FileType::Symlink)) {
+        let bits = mode.unwrap_or(attr.mode & 0o7777);
+        let kept = without_privs(bits);
+        if kept != bits || mode.is_some() {
+            mode = Some(kept);
+        }
+    }
+    mode
+}
+
+/// The permission bits a write by `caller` leaves on `attr`: a write by a caller without
+/// privilege clears set-user-ID and set-group-ID (Linux `file_remove_privs`). `None`: the
+/// mode stays as it is.
+pub fn mode_after_write(attr: &Attr, caller: &Caller) -> Option<u32> {
+    let bits = attr.mode & 0o7777;
+    let kept = without_privs(bits);
+    (caller.uid != 0 && kept != bits).then_some(kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +342,98 @@ mod tests {
         let ro = attr(0o100444, 10, 20);
         assert!(may_access_data(&ro, &user(10, 1, &[]), MAY_WRITE));
         assert!(!may_access_data(&ro, &user(11, 20, &[]), MAY_WRITE));
+    }
+
+    /// pjdfstest chmod/00.t: a caller without privilege outside the file's group cannot
+    /// set set-group-ID (it is dropped, the rest is set); chown/00.t: a change of owner or
+    /// group clears set-user-ID and set-group-ID of files, not of directories.
+    #[test]
+    fn setattr_drops_set_id_bits_as_a_local_filesystem_does() {
+        let f = attr(0o100755, 65534, 65534);
+        let owner_in_group = user(65534, 65534, &[]);
+        let owner_elsewhere = user(65534, 65533, &[]);
+        assert_eq!(
+            setattr_mode(&f, Some(0o2755), (None, None), None, &owner_in_group),
+            Some(0o2755)
+        );
+        assert_eq!(
+            setattr_mode(&f, Some(0o2755), (None, None), None, &owner_elsewhere),
+            Some(0o755)
+        );
+        // The group it is being changed to counts.
+        assert_eq!(
+            setattr_mode(
+                &f,
+                Some(0o2755),
+                (None, Some(65533)),
+                None,
+                &owner_elsewhere
+            ),
+            Some(0o755),
+            "and the chown clears it too"
+        );
+        assert_eq!(
+            setattr_mode(&f, Some(0o2755), (None, None), None, &Caller::root()),
+            Some(0o2755)
+        );
+        let setid = attr(0o106555, 65534, 65533);
+        let member = user(65534, 65533, &[65532]);
+        assert_eq!(
+            setattr_mode(&setid, None, (None, Some(65532)), None, &member),
+            Some(0o555)
+        );
+        assert_eq!(
+            setattr_mode(&setid, None, (Some(65534), None), None, &Caller::root()),
+            Some(0o555)
+        );
+        // Set-group-ID without group execute is mandatory locking: kept.
+        let locking = attr(0o106545, 65534, 65533);
+        assert_eq!(
+            setattr_mode(&locking, None, (None, Some(65532)), None, &member),
+            Some(0o2545)
+        );
+        let dir = attr(0o046555, 65534, 65533);
+        assert_eq!(
+            setattr_mode(&dir, None, (None, Some(65532)), None, &member),
+            None
+        );
+        // A truncate without privilege clears them, by root it does not.
+        assert_eq!(
+            setattr_mode(&setid, None, (None, None), Some(0), &member),
+            Some(0o555)
+        );
+        assert_eq!(
+            setattr_mode(&setid, None, (None, None), Some(0), &Caller::root()),
+            None
+        );
+        assert_eq!(
+            setattr_mode(&f, None, (None, None), None, &owner_elsewhere),
+            None
+        );
+    }
+
+    /// pjdfstest chmod/12.t: a write by a caller without privilege clears set-user-ID and
+    /// set-group-ID.
+    #[test]
+    fn a_write_without_privilege_clears_set_id_bits() {
+        let nobody = user(65534, 65534, &[]);
+        assert_eq!(
+            mode_after_write(&attr(0o104777, 0, 0), &nobody),
+            Some(0o777)
+        );
+        assert_eq!(
+            mode_after_write(&attr(0o102777, 0, 0), &nobody),
+            Some(0o777)
+        );
+        assert_eq!(
+            mode_after_write(&attr(0o106777, 0, 0), &nobody),
+            Some(0o777)
+        );
+        assert_eq!(
+            mode_after_write(&attr(0o106777, 0, 0), &Caller::root()),
+            None
+        );
+        assert_eq!(mode_after_write(&attr(0o100777, 0, 0), &nobody), None);
     }
 
     #[test]

@@ -22,7 +22,8 @@ use scoutgw_metrics::NodeMetrics;
 use crate::group_commit::GroupCommit;
 
 use super::export::{
-    may_access_data, may_delete, permits, Caller, ExportOptions, MAY_EXEC, MAY_READ, MAY_WRITE,
+    may_access_data, may_delete, mode_after_write, permits, setattr_mode, Caller, ExportOptions,
+    MAY_EXEC, MAY_READ, MAY_WRITE,
 };
 use super::handle::{FileHandle, HANDLE_LEN};
 use super::status::{handle_status, nfs_status};
@@ -440,7 +441,7 @@ impl Nfs3 {
             self.check_writable_export()?;
             self.check_setattr(&a, &s, c)?;
             let set = SetAttr {
-                mode: s.mode.map(|m| m & 0o7777),
+                mode: setattr_mode(&a, s.mode, (s.uid, s.gid), s.size, c),
                 uid: s.uid,
                 gid: s.gid,
                 size: s.size,
@@ -473,13 +474,15 @@ impl Nfs3 {
         if s.mode.is_some() && !owner {
             return Err(nfsstat3::NFS3ERR_PERM);
         }
+        // As Linux's chown: without privilege, only the owner may name the owner (itself)
+        // or a group (the file's, or one of its own), even one the file has already.
         if let Some(uid) = s.uid {
-            if c.uid != 0 && uid != a.uid {
+            if c.uid != 0 && !(c.uid == a.uid && uid == a.uid) {
                 return Err(nfsstat3::NFS3ERR_PERM);
             }
         }
         if let Some(gid) = s.gid {
-            if c.uid != 0 && gid != a.gid && !(c.uid == a.uid && c.in_group(gid)) {
+            if c.uid != 0 && !(c.uid == a.uid && (gid == a.gid || c.in_group(gid))) {
                 return Err(nfsstat3::NFS3ERR_PERM);
             }
         }
@@ -642,6 +645,13 @@ impl Nfs3 {
             }
             if offset.saturating_add(data.len() as u64) > MAX_FILE_SIZE {
                 return Err(nfsstat3::NFS3ERR_FBIG);
+            }
+            if let Some(mode) = mode_after_write(&a, c) {
+                let clear = SetAttr {
+                    mode: Some(mode),
+                    ..SetAttr::default()
+                };
+                self.fs.setattr(a.ino, &clear).map_err(|e| nfs_status(&e))?;
             }
             let after = self
                 .fs
