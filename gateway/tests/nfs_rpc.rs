@@ -903,6 +903,27 @@ fn ownership_changes_and_writes_follow_the_set_id_rules_of_a_local_filesystem() 
     assert_eq!(mode(&mut root_c, &w), 0o777);
 }
 
+/// pjdfstest rename/09.t: moving a directory to another parent rewrites its "..", which
+/// needs write permission on the directory itself (as Linux); a rename within one parent
+/// does not.
+#[test]
+fn moving_a_directory_to_another_parent_needs_write_permission_on_it() {
+    let (node, mut root_c, root) = setup(14025);
+    let mut user = Rpc::connect_as(node.addr(), Cred::user(65534, 65534, &[]));
+    let a = root_c.mkdir_mode(&root, b"a", 0o777);
+    let b = root_c.mkdir_mode(&root, b"b", 0o777);
+    root_c.mkdir_mode(&a, b"roots", 0o755);
+    assert_eq!(user.rename(&a, b"roots", &b, b"moved"), st::ACCES);
+    assert_eq!(user.lookup(&b, b"moved").unwrap_err(), st::NOENT);
+    assert_eq!(user.rename(&a, b"roots", &a, b"renamed"), 0);
+    let mine = user.mkdir_mode(&a, b"mine", 0o755);
+    assert_eq!(user.rename(&a, b"mine", &b, b"mine"), 0);
+    assert_eq!(user.lookup(&b, b"mine").unwrap().0, mine);
+    // Files need no such permission.
+    root_c.create_file(&a, b"file", 0o444);
+    assert_eq!(user.rename(&a, b"file", &b, b"file"), 0);
+}
+
 #[test]
 fn auth_sys_permissions_are_enforced() {
     let (node, mut root_c, root) = setup(14010);

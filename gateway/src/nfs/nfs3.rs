@@ -999,6 +999,16 @@ impl Nfs3 {
             if !permits(&td, c, MAY_WRITE | MAY_EXEC) {
                 return Err(nfsstat3::NFS3ERR_ACCES);
             }
+            if fd.ino != td.ino {
+                // A directory moved to another parent has its ".." rewritten: as Linux,
+                // that needs write permission on the directory itself.
+                match self.fs.lookup(fd.ino, from_name) {
+                    Ok(src) if src.is_dir() && !permits(&src, c, MAY_WRITE) => {
+                        return Err(nfsstat3::NFS3ERR_ACCES)
+                    }
+                    _ => {}
+                }
+            }
             if td.mode & 0o1000 != 0 && c.uid != 0 {
                 // Replacing a target in a sticky directory needs the right to delete it.
                 match self.fs.lookup(td.ino, to_name) {
