@@ -263,6 +263,22 @@ pub fn setattr_mode(
     mode
 }
 
+/// The permission bits of a new file (not a directory) in `dir` that gets group `gid`: as
+/// Linux's `mode_strip_sgid`, a caller without privilege outside that group, which it got
+/// from a set-group-ID directory, does not get set-group-ID (with group execute) on it.
+pub fn new_file_perm(dir: &Attr, perm: u32, gid: u32, caller: &Caller) -> u32 {
+    let perm = perm & 0o7777;
+    let strip = perm & (S_ISGID | S_IXGRP) == (S_ISGID | S_IXGRP)
+        && dir.mode & S_ISGID != 0
+        && caller.uid != 0
+        && !caller.in_group(gid);
+    if strip {
+        perm & !S_ISGID
+    } else {
+        perm
+    }
+}
+
 /// The permission bits a write by `caller` leaves on `attr`: a write by a caller without
 /// privilege clears set-user-ID and set-group-ID (Linux `file_remove_privs`). `None`: the
 /// mode stays as it is.
@@ -410,6 +426,21 @@ mod tests {
             setattr_mode(&f, None, (None, None), None, &owner_elsewhere),
             None
         );
+    }
+
+    #[test]
+    fn a_new_file_in_a_set_group_id_directory_gets_set_group_id_only_within_the_group() {
+        let dir = attr(0o042777, 0, 500);
+        let outsider = user(1000, 1000, &[]);
+        let member = user(1001, 1001, &[500]);
+        assert_eq!(new_file_perm(&dir, 0o2755, 500, &outsider), 0o755);
+        assert_eq!(new_file_perm(&dir, 0o2755, 500, &member), 0o2755);
+        assert_eq!(new_file_perm(&dir, 0o2755, 500, &Caller::root()), 0o2755);
+        // Without group execute it is mandatory locking, and outside such a directory the
+        // caller's own group applies: kept.
+        assert_eq!(new_file_perm(&dir, 0o2745, 500, &outsider), 0o2745);
+        let plain = attr(0o040777, 0, 500);
+        assert_eq!(new_file_perm(&plain, 0o2755, 1000, &outsider), 0o2755);
     }
 
     /// pjdfstest chmod/12.t: a write by a caller without privilege clears set-user-ID and

@@ -22,8 +22,8 @@ use scoutgw_metrics::NodeMetrics;
 use crate::group_commit::GroupCommit;
 
 use super::export::{
-    may_access_data, may_delete, mode_after_write, permits, setattr_mode, Caller, ExportOptions,
-    MAY_EXEC, MAY_READ, MAY_WRITE,
+    may_access_data, may_delete, mode_after_write, new_file_perm, permits, setattr_mode, Caller,
+    ExportOptions, MAY_EXEC, MAY_READ, MAY_WRITE,
 };
 use super::handle::{FileHandle, HANDLE_LEN};
 use super::status::{handle_status, nfs_status};
@@ -777,7 +777,7 @@ impl Nfs3 {
         self.add_node(w, dir_fh, c, |d, uid, gid| {
             let node = NewNode {
                 kind: FileType::Regular,
-                perm: sattr.mode.unwrap_or(0o644) & 0o7777,
+                perm: new_file_perm(d, sattr.mode.unwrap_or(0o644), gid, c),
                 uid,
                 gid,
                 rdev: 0,
@@ -907,7 +907,7 @@ impl Nfs3 {
             let (uid, gid) = Self::new_owner(&d, c);
             let node = NewNode {
                 kind,
-                perm: sattr.mode.unwrap_or(0o644) & 0o7777,
+                perm: new_file_perm(&d, sattr.mode.unwrap_or(0o644), gid, c),
                 uid,
                 gid,
                 rdev,
