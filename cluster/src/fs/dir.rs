@@ -572,7 +572,9 @@ impl Fs {
                             generation: hdr.generation.get(),
                             cookie: hdr.pos.get(),
                         }),
-                        Err(e) => bad = bad.take().or(Some(e)),
+                        Err(e) => {
+                            bad.get_or_insert(e);
+                        }
                     }
                 })?;
             if let Some(e) = bad {
