@@ -28,7 +28,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::alloc::extent;
 use crate::alloc::{ListAlloc, MetaList};
-use crate::btree::{self, BtreeError, BtreeWriter, Dirty, Item, LeafCursor};
+use crate::btree::{self, BtreeError, BtreeWriter, Dirty, Item, LeafCursor, PutCost};
 use crate::format::bloom::{bloom_bits, set_bit, test_bit, BloomBlockHeader};
 use crate::format::btree::ITEM_FLAG_DELETION;
 use crate::format::key::zone;
@@ -88,7 +88,7 @@ impl LocalServer {
         let thread = std::thread::Builder::new()
             .name("scoutgw-merge".into())
             .spawn(move || {
-                let mut busy = false;
+                let (mut busy, mut starved) = (false, false);
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                     // Between slices only a pause that lets a waiting request take the lock.
                     std::thread::sleep(if busy { MERGE_SLICE_PAUSE } else { interval });
@@ -96,7 +96,20 @@ impl LocalServer {
                         break;
                     };
                     match server.with(|s| s.merge_for(MERGE_SLICE_TIME)) {
-                        Ok(step) => busy = step == MergeStep::Partial,
+                        Ok(step) => {
+                            busy = step == MergeStep::Partial;
+                            starved = false;
+                        }
+                        Err(ServerError::NoSpace(why)) => {
+                            // The device is full: try again once deletions may have made
+                            // room (the merge starts over with the trees finalized by then).
+                            busy = false;
+                            if !starved {
+                                tracing::warn!("background merge paused: {why}");
+                            }
+                            starved = true;
+                            continue;
+                        }
                         Err(e) => {
                             // The server marks itself failed on I/O errors; nothing to retry.
                             eprintln!("scoutgw: background merge failed: {e}");
@@ -146,6 +159,21 @@ struct Trans {
     lt: LogTrees,
     alloc: ListAlloc,
     dirty: Dirty,
+    /// What putting the changed items into the log tree at commit can allocate.
+    cost: PutCost,
+}
+
+/// Blocks that committing `t` can allocate from its avail list: the items' puts into the log
+/// tree, the bloom block, and the blocks that the two allocator lists are written into (the
+/// freed list grows by every block the puts copy, the old bloom block and the old list
+/// blocks).
+fn commit_blocks(t: &Trans) -> u64 {
+    let old_list_blocks = t.alloc.avail.list_blocks().len() + t.alloc.freed.list_blocks().len();
+    let freed = t.alloc.freed.len() + t.cost.copies() as usize + 1 + old_list_blocks;
+    let lists = crate::alloc::list::blocks_for(t.alloc.avail.len())
+        + crate::alloc::list::blocks_for(freed)
+        + 1;
+    t.cost.blocks() + 1 + lists as u64
 }
 
 const STALE_RETRIES: usize = 20;
@@ -175,6 +203,9 @@ pub struct Client {
     /// Committed items by covered key range (see [`ItemCache`]).
     cache: ItemCache,
     failed: bool,
+    /// Entries of the avail list the last commit left: the next transaction opens with at
+    /// least these (the server only adds to a mount's avail list).
+    avail_left: u64,
     /// Reads retried because the roots they followed had gone stale.
     stale_retries: u64,
     /// Reads sample the roots again once they are this old (`None`: only at commits,
@@ -228,6 +259,7 @@ impl Client {
             blooms: Vec::new(),
             cache: ItemCache::new(ITEM_CACHE_BYTES),
             failed: false,
+            avail_left: 0,
             stale_retries: 0,
             refresh_every: None,
             refreshed_at: std::time::Instant::now(),
@@ -304,9 +336,47 @@ impl Client {
         self.trans = Some(Trans {
             dirty: Dirty::new(lt.get_trans_seq.get()),
             alloc: ListAlloc::new(avail, freed),
+            cost: PutCost::new(&self.md, &lt.item_root)?,
             lt,
         });
         Ok(())
+    }
+
+    /// Metadata blocks the open transaction can still allocate for changes, beyond what
+    /// committing it takes (`None`: no transaction is open).
+    pub fn meta_room(&self) -> Option<u64> {
+        let t = self.trans.as_ref()?;
+        Some((t.alloc.avail.len() as u64).saturating_sub(commit_blocks(t)))
+    }
+
+    /// Whether changes that allocate up to `need` metadata blocks (directly, or through the
+    /// log tree blocks their items take at commit) fit in the open transaction and still
+    /// let it commit. With no transaction open, the avail list the last commit left answers
+    /// when it is enough; otherwise a transaction is opened to see what the server gave.
+    ///
+    /// When they do not fit, committing (the server takes back what the transaction freed
+    /// and refills the avail list of the next) and asking again is the way to more room.
+    pub fn has_meta_room(&mut self, need: u64) -> Result<bool, ClientError> {
+        if self.trans.is_none() {
+            let empty_commit = crate::alloc::list::blocks_for(self.avail_left as usize) as u64 + 8;
+            if self.avail_left >= need + empty_commit {
+                return Ok(true);
+            }
+            self.begin()?;
+        }
+        Ok(self.meta_room().is_some_and(|room| room >= need))
+    }
+
+    /// Record a changed item in the open transaction (opened by the caller).
+    fn change(&mut self, item: Item) {
+        let (key, len) = (item.key, item.val.len());
+        let old = self.items.insert(key, item);
+        if let Some(t) = self.trans.as_mut() {
+            match old {
+                Some(old) => t.cost.resize(old.val.len(), len),
+                None => t.cost.add(&key, len),
+            }
+        }
     }
 
     /// Forget every cached item (a lock they were read under is going away).
@@ -686,30 +756,24 @@ impl Client {
             return Err(BtreeError::ValueTooLarge(val.len()).into());
         }
         let seq = self.begin()?.max(lock_write_seq);
-        self.items.insert(
+        self.change(Item {
             key,
-            Item {
-                key,
-                seq,
-                flags: 0,
-                val,
-            },
-        );
+            seq,
+            flags: 0,
+            val,
+        });
         Ok(())
     }
 
     /// Delete `key` in the open transaction (a deletion item hides older versions).
     pub fn delete(&mut self, key: Key, lock_write_seq: u64) -> Result<(), ClientError> {
         let seq = self.begin()?.max(lock_write_seq);
-        self.items.insert(
+        self.change(Item {
             key,
-            Item {
-                key,
-                seq,
-                flags: ITEM_FLAG_DELETION,
-                val: Vec::new(),
-            },
-        );
+            seq,
+            flags: ITEM_FLAG_DELETION,
+            val: Vec::new(),
+        });
         Ok(())
     }
 
@@ -823,6 +887,7 @@ impl Client {
     fn commit_inner(&mut self) -> Result<u64, ClientError> {
         let mut t = self.trans.take().ok_or(ClientError::Failed)?;
         let seq = t.lt.get_trans_seq.get();
+        let (bound, avail_before) = (commit_blocks(&t), t.alloc.avail.len() as u64);
         let mut root = t.lt.item_root;
         let mut max_seq = t.lt.max_item_seq.get();
         let mut w = BtreeWriter {
@@ -870,6 +935,12 @@ impl Client {
         t.dirty.write(&self.md, seq)?;
         let (avail, freed) = t.alloc.write_lists(&self.md, seq)?;
         self.md.flush().map_err(BtreeError::from)?;
+        self.avail_left = t.alloc.avail.len() as u64;
+        debug_assert!(
+            avail_before.saturating_sub(self.avail_left) <= bound,
+            "the commit took {} metadata blocks, beyond its bound of {bound}",
+            avail_before.saturating_sub(self.avail_left)
+        );
 
         t.lt.item_root = root;
         t.lt.max_item_seq = max_seq.into();

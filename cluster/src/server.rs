@@ -76,6 +76,16 @@ impl Default for ServerConfig {
     }
 }
 
+/// A client's metadata avail list is filled to at least this many blocks (when the server
+/// has them to spare), whatever share of the free space that is: enough for the largest
+/// operation and the commit of its transaction (see `Fs::reserve_meta`).
+const CLIENT_META_MIN_FILL: u64 = 256;
+/// ...and refilled whenever it holds fewer than this many.
+const CLIENT_META_MIN_LOW: u64 = 192;
+/// Blocks beyond its reserve that the server keeps from client refills for merges, which
+/// must go on when the device is full: they are what gives back the space of deletions.
+const MERGE_ROOM: u64 = 32;
+
 fn io(e: impl std::fmt::Display) -> ServerError {
     ServerError::Io(e.to_string())
 }
@@ -83,7 +93,12 @@ fn io(e: impl std::fmt::Display) -> ServerError {
 impl From<BtreeError> for ServerError {
     fn from(e: BtreeError) -> Self {
         match e {
-            BtreeError::NoSpace => ServerError::NoSpace("no free metadata blocks".into()),
+            // Every server operation first makes sure its own avail list holds what the
+            // operation can allocate (see `Server::ensure_server_avail`): running dry in the
+            // middle of one leaves half a change in memory, which must never be committed.
+            BtreeError::NoSpace => ServerError::Io(
+                "the server's metadata blocks ran out in the middle of a change".into(),
+            ),
             BtreeError::Format(f) => ServerError::Corrupt(f.to_string()),
             BtreeError::Block(b) if b.is_corruption() || b.is_stale() => {
                 ServerError::Corrupt(b.to_string())
@@ -394,7 +409,23 @@ impl Server {
         Ok(())
     }
 
-    /// Make sure the server's own avail list can satisfy `n` allocations.
+    /// Blocks of the server's own avail list that client refills never take: what the
+    /// server's own operations (opening and committing transactions, finishing merges)
+    /// need however full the device is.
+    fn reserve(&self) -> u64 {
+        let small_device = (self.sb.total_meta_blocks.get() / 16).max(64);
+        (self.cfg.server_meta_low / 4).clamp(64, small_device)
+    }
+
+    /// Whether free metadata space (not handed to any client) is short: log trees are then
+    /// finalized at every commit so that merges give back what deletions freed.
+    fn meta_space_low(&self) -> bool {
+        let free = self.sb.meta_alloc[0].total_len.get() + self.alloc.avail.len() as u64;
+        free < self.sb.total_meta_blocks.get() / 16 + self.reserve()
+    }
+
+    /// Make sure the server's own avail list can satisfy `n` allocations, before an
+    /// operation changes anything: [`ServerError::NoSpace`] if the device cannot.
     fn ensure_server_avail(&mut self, n: u64) -> Result<(), ServerError> {
         let want = n.max(self.cfg.server_meta_low);
         while (self.alloc.avail.len() as u64) < want {
@@ -413,8 +444,11 @@ impl Server {
                 self.alloc.avail.push(b);
             }
         }
-        if self.alloc.avail.is_empty() {
-            return Err(ServerError::NoSpace("no free metadata blocks".into()));
+        if (self.alloc.avail.len() as u64) < n {
+            return Err(ServerError::NoSpace(format!(
+                "{} free metadata blocks where the server needs {n}",
+                self.alloc.avail.len()
+            )));
         }
         Ok(())
     }
@@ -434,8 +468,9 @@ impl Server {
                 None => break,
             }
         }
-        // The extent allocator ran dry: share the server's own avail beyond a reserve.
-        let reserve = (self.cfg.server_meta_low / 4).max(64) as usize;
+        // The extent allocator ran dry: share the server's own avail beyond its reserve and
+        // the room merges need.
+        let reserve = (self.reserve() + MERGE_ROOM) as usize;
         while (out.len() as u64) < n && self.alloc.avail.len() > reserve {
             out.push(self.alloc.avail.pop().expect("above reserve"));
         }
@@ -535,14 +570,22 @@ impl Server {
         for b in avail.take_list_blocks() {
             self.alloc.freed.push(b);
         }
-        // As with data below: at most an eighth of the free metadata space per client.
+        // As with data below: an eighth of the free metadata space per client, but at
+        // least what one operation and its commit need while the server can spare it.
         let have = avail.len() as u64;
-        let free = self.sb.meta_alloc[0].total_len.get() + self.alloc.avail.len() as u64;
+        let spare = (self.sb.meta_alloc[0].total_len.get() + self.alloc.avail.len() as u64)
+            .saturating_sub(self.reserve() + MERGE_ROOM);
         let fill = self
             .cfg
             .client_meta_fill
-            .min(((free + have) / 8).max(64.min(free + have)));
-        let low = self.cfg.client_meta_low.min(fill / 2).max(1);
+            .min(((spare + have) / 8).max(CLIENT_META_MIN_FILL))
+            .min(spare + have);
+        let low = self
+            .cfg
+            .client_meta_low
+            .min(fill / 2)
+            .max(CLIENT_META_MIN_LOW.min(fill))
+            .max(1);
         if have < low {
             let more = self.take_meta_blocks(fill - have)?;
             for b in more {
@@ -619,9 +662,11 @@ impl Server {
         new.commit_trans_seq = stored.get_trans_seq;
         new.flags = stored.flags;
         new.finalize_seq = stored.finalize_seq;
+        self.ensure_server_avail(16)?;
         if self.finalize_pending.remove(&rid)
             || new.item_root.height > self.cfg.finalize_height
             || self.bloom_mostly_set(&new)?
+            || (self.meta_space_low() && !new.item_root.is_empty())
         {
             new.flags = (new.flags.get() | LOG_TREES_FINALIZED).into();
             new.finalize_seq = self.next_seq.into();
@@ -806,9 +851,13 @@ impl Server {
         }
         let state = self.merge.take().expect("merge state");
         let res = self.merge_slice(state, max_items.max(1), deadline);
-        if res.is_err() {
-            // Start over next time (from the committed state).
-            self.merge = None;
+        match &res {
+            // Half a change to fs_root is in memory: nothing more may be committed.
+            Err(ServerError::Io(_)) => self.failed = true,
+            // Start over next time, with the trees finalized by then (deletions made since
+            // may be what lets it fit). Slices already committed stay merged.
+            Err(_) => self.merge = None,
+            Ok(_) => {}
         }
         res
     }
@@ -849,11 +898,23 @@ impl Server {
                 {
                     break Some(win.key);
                 }
+                {
+                    // Room for this key's change to fs_root (it can copy and split a block
+                    // per level, join a sibling and grow a level) on top of the reserve,
+                    // which a merge never takes: requests must go on however full the
+                    // device is. What the slice freed is reusable once it is committed.
+                    let need = self.reserve() + self.sb.fs_root.height as u64 + 4;
+                    if self.ensure_server_avail(need).is_err() {
+                        if applied == 0 {
+                            return Err(ServerError::NoSpace(
+                                "a merge waits for free metadata blocks".into(),
+                            ));
+                        }
+                        break Some(win.key);
+                    }
+                }
                 for c in cursors.iter_mut() {
                     c.skip_key(&self.md, None, &win.key)?;
-                }
-                if applied.is_multiple_of(256) {
-                    self.ensure_server_avail(256)?;
                 }
                 applied += 1;
                 let mut w = BtreeWriter {

@@ -133,7 +133,8 @@ impl MetaAlloc for ListAlloc {
     }
 }
 
-fn blocks_for(entries: usize) -> usize {
+/// List blocks a list of `entries` block numbers takes.
+pub fn blocks_for(entries: usize) -> usize {
     entries.div_ceil(ALLOC_LIST_MAX_BLKNOS)
 }
 

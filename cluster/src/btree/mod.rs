@@ -849,6 +849,110 @@ impl BtreeWriter<'_> {
     }
 }
 
+/// An upper bound on the metadata blocks that putting a batch of items into one tree
+/// allocates, kept up to date as the batch grows (a client's open transaction, committed
+/// into its log tree in one pass).
+///
+/// Putting allocates three kinds of blocks: a copy of every committed block it changes
+/// (each at most once per transaction), one new block per split, and a new root per level
+/// the tree grows. The leaves a batch changes are known exactly: every key lands in the
+/// leaf whose parent separator covers it in the tree the batch starts from, and splits
+/// during the batch only divide leaves already copied. Splits are bounded by bytes: a
+/// leaf splits when an item does not fit, and both halves then have room for at least
+/// [`PutCost::SPLIT_ROOM`] bytes, so beyond one split per changed leaf every further
+/// split needs that many new bytes. Parents are few (a log tree has one or a handful), so
+/// all of them are counted as copied and as splitting once.
+#[derive(Debug, Clone, Default)]
+pub struct PutCost {
+    /// The greatest key each leaf may hold, in key order: the items of the leaves'
+    /// parents (`[Key::MAX]` for a tree that is one leaf, empty for an empty tree).
+    leaf_last: Vec<Key>,
+    /// Which of those leaves the batch puts a key into.
+    touched: Vec<bool>,
+    leaves_touched: u64,
+    /// Parent blocks of the tree.
+    parents: u64,
+    height: u8,
+    /// Bytes the batch's items take in leaves.
+    bytes: u64,
+}
+
+impl PutCost {
+    /// Room a half of a split leaf has left at least: half a block's items, less the
+    /// largest item the split could have kept on one side and the largest that triggered it.
+    pub const SPLIT_ROOM: u64 =
+        ((BTREE_BLOCK_BYTES - node::NODE_HDR) / 2 - 2 * node::item_bytes(BTREE_MAX_VAL_LEN)) as u64;
+
+    /// The cost of a batch into `root` (reading only its parent blocks).
+    pub fn new(md: &MetaDev, root: &BtreeRoot) -> Result<Self, BtreeError> {
+        check_root(root)?;
+        let mut cost = PutCost {
+            height: root.height,
+            ..PutCost::default()
+        };
+        if root.is_empty() {
+            return Ok(cost);
+        }
+        if root.height == 1 {
+            cost.leaf_last.push(Key::MAX);
+        } else {
+            let mut level_refs = vec![root.block];
+            for level in (1..root.height).rev() {
+                let mut below = Vec::new();
+                for r in level_refs {
+                    let node = node_at(md, None, r, level)?;
+                    cost.parents += 1;
+                    for i in 0..node.len() {
+                        if level == 1 {
+                            cost.leaf_last.push(node.key(i));
+                        } else {
+                            below.push(node.child(i));
+                        }
+                    }
+                }
+                level_refs = below;
+            }
+        }
+        cost.touched = vec![false; cost.leaf_last.len()];
+        Ok(cost)
+    }
+
+    /// A key not yet in the batch is put with a value of `val_len` bytes.
+    pub fn add(&mut self, key: &Key, val_len: usize) {
+        self.bytes += node::item_bytes(val_len) as u64;
+        let i = self.leaf_last.partition_point(|last| last < key);
+        if let Some(t) = self.touched.get_mut(i) {
+            if !*t {
+                *t = true;
+                self.leaves_touched += 1;
+            }
+        }
+    }
+
+    /// A key already in the batch gets a value of `new_len` bytes instead of `old_len`.
+    pub fn resize(&mut self, old_len: usize, new_len: usize) {
+        self.bytes =
+            self.bytes + node::item_bytes(new_len) as u64 - node::item_bytes(old_len) as u64;
+    }
+
+    /// Committed blocks the batch copies (and so frees) at most.
+    pub fn copies(&self) -> u64 {
+        self.leaves_touched + self.parents
+    }
+
+    /// Blocks putting the batch allocates at most.
+    pub fn blocks(&self) -> u64 {
+        if self.bytes == 0 {
+            return 0;
+        }
+        let leaf_splits = self.leaves_touched + self.bytes.div_ceil(Self::SPLIT_ROOM) + 1;
+        let parent_bytes = leaf_splits * node::item_bytes(node::REF_BYTES) as u64;
+        let parent_splits = self.parents + parent_bytes.div_ceil(Self::SPLIT_ROOM) + 1;
+        let new_roots = self.height as u64 + 2;
+        self.copies() + leaf_splits + parent_splits + new_roots
+    }
+}
+
 /// Call `f` for every block of the tree (parents before children), with its level.
 pub fn walk_blocks(
     md: &MetaDev,

@@ -16,7 +16,7 @@ pub(crate) const ITEM_HDR: usize = 48;
 pub(crate) const REF_BYTES: usize = 16;
 
 /// Bytes an item with a value of `val_len` bytes takes in a block.
-pub(crate) fn item_bytes(val_len: usize) -> usize {
+pub(crate) const fn item_bytes(val_len: usize) -> usize {
     ITEM_HDR + val_len.div_ceil(8) * 8
 }
 

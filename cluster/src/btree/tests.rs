@@ -433,3 +433,114 @@ fn deleting_next_to_a_full_leaf_rebalances() {
     check_model(&md, Some(&dirty), &root, &model);
     check_blocks(&md, Some(&dirty), &root, &alloc);
 }
+
+/// Counts what a batch of puts allocates and frees.
+#[derive(Debug, Default)]
+struct CountingAlloc {
+    inner: CheckedAlloc,
+    allocs: u64,
+    frees: u64,
+}
+
+impl MetaAlloc for CountingAlloc {
+    fn alloc_meta(&mut self) -> Result<u64, BtreeError> {
+        self.allocs += 1;
+        self.inner.alloc_meta()
+    }
+    fn free_meta(&mut self, blkno: u64) -> Result<(), BtreeError> {
+        self.frees += 1;
+        self.inner.free_meta(blkno)
+    }
+    fn free_unwritten(&mut self, blkno: u64) -> Result<(), BtreeError> {
+        self.inner.free_unwritten(blkno)
+    }
+}
+
+/// Build and commit a tree of `base` items (key number, value length), then put `batch`
+/// in one transaction, in key order with later puts of a key replacing earlier ones (as
+/// a client commits its open transaction), and check the blocks it allocated and copied
+/// against [`PutCost`] kept up to date as the batch was built.
+fn check_put_cost(base: &[(u32, usize)], batch: &[(u32, usize)]) {
+    let (_f, md) = test_dev(4096);
+    let mut alloc = CountingAlloc {
+        inner: CheckedAlloc::new(2, 4096),
+        ..CountingAlloc::default()
+    };
+    let mut dirty = Dirty::new(1);
+    let mut root = BtreeRoot::default();
+    {
+        let mut w = BtreeWriter {
+            md: &md,
+            dirty: &mut dirty,
+            alloc: &mut alloc,
+        };
+        for &(k, len) in base {
+            w.put(&mut root, item(k, len, 1)).unwrap();
+        }
+    }
+    dirty.write(&md, 2).unwrap();
+    md.flush().unwrap();
+    alloc.inner.commit();
+
+    let mut cost = PutCost::new(&md, &root).unwrap();
+    let mut pending: BTreeMap<Key, Item> = BTreeMap::new();
+    for &(k, len) in batch {
+        let it = item(k, len, 2);
+        match pending.insert(it.key, it.clone()) {
+            Some(old) => cost.resize(old.val.len(), len),
+            None => cost.add(&it.key, len),
+        }
+    }
+    (alloc.allocs, alloc.frees) = (0, 0);
+    let mut w = BtreeWriter {
+        md: &md,
+        dirty: &mut dirty,
+        alloc: &mut alloc,
+    };
+    for it in pending.into_values() {
+        w.put(&mut root, it).unwrap();
+    }
+    assert!(
+        alloc.allocs <= cost.blocks(),
+        "the batch allocated {} blocks, beyond its bound of {} ({cost:?})",
+        alloc.allocs,
+        cost.blocks()
+    );
+    assert!(
+        alloc.frees <= cost.copies(),
+        "the batch copied {} committed blocks, beyond its bound of {}",
+        alloc.frees,
+        cost.copies()
+    );
+}
+
+fn put_cost_item() -> impl Strategy<Value = (u32, usize)> {
+    let len = prop_oneof![Just(0usize), 0usize..200, Just(BTREE_MAX_VAL_LEN)];
+    (0u32..20_000, len)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_batch_of_puts_allocates_no_more_than_its_put_cost(
+        base in proptest::collection::vec(put_cost_item(), 0..3000),
+        batch in proptest::collection::vec(put_cost_item(), 0..1500),
+    ) {
+        check_put_cost(&base, &batch);
+    }
+}
+
+#[test]
+fn put_cost_holds_for_full_leaves_and_a_batch_that_touches_them_all() {
+    // Leaves full of the largest items, every one of them changed and grown.
+    let base: Vec<(u32, usize)> = (0..4000).map(|n| (n * 4, BTREE_MAX_VAL_LEN)).collect();
+    let batch: Vec<(u32, usize)> = (0..4000)
+        .step_by(3)
+        .map(|n| (n * 4 + 1, BTREE_MAX_VAL_LEN))
+        .collect();
+    check_put_cost(&base, &batch);
+    // An empty tree, and a batch that is only replacements of one key.
+    check_put_cost(&[], &[(7, 10), (7, BTREE_MAX_VAL_LEN), (7, 0)]);
+    check_put_cost(&[], &[]);
+}

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use super::data::{cut_extent, extents_in, put_extent, Extent, ReadBlocked, BLOCK};
 use super::inode::{read_inode, write_inode, Change};
 use super::types::{FileType, FsError, Time};
-use super::Fs;
-use crate::lock::LockMode;
+use super::{Fs, SpaceUse, OP_META_BLOCKS};
 
 /// A reader blocked on offline data.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -169,7 +168,7 @@ impl Fs {
         self.retry(|| {
             let mut guard = self.inner();
             let inner = &mut *guard;
-            let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
+            let held = self.lock_inodes_to_change(inner, &[ino], SpaceUse::Bounded)?;
             let wseq = held.write_seq();
             let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
             if FileType::from_mode(i.mode.get()) != Some(FileType::Regular) {
@@ -184,7 +183,10 @@ impl Fs {
                 return Err(FsError::Invalid("release range must be block aligned"));
             }
             let (first, end) = (off / BLOCK, (off.saturating_add(len)).div_ceil(BLOCK));
-            for e in extents_in(&mut inner.client, ino, first, end - 1)? {
+            let extents = extents_in(&mut inner.client, ino, first, end - 1)?;
+            let need = OP_META_BLOCKS + extents.len() as u64 / 16;
+            self.reserve_meta(inner, SpaceUse::Bounded, need)?;
+            for e in extents {
                 if e.offline {
                     continue;
                 }
@@ -226,7 +228,7 @@ impl Fs {
             }
             let mut guard = self.inner();
             let inner = &mut *guard;
-            let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
+            let held = self.lock_inodes_to_change(inner, &[ino], SpaceUse::Grows)?;
             let wseq = held.write_seq();
             let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
             check_version(i.data_version.get(), data_version)?;
@@ -243,6 +245,7 @@ impl Fs {
             if b < end {
                 return Err(FsError::Invalid("stage range is not entirely offline"));
             }
+            self.reserve_meta(inner, SpaceUse::Grows, OP_META_BLOCKS + (end - first) / 16)?;
             for e in extents {
                 let part = cut_extent(&mut inner.client, ino, &e, first, end, wseq)?;
                 let mut at = part.start;

@@ -10,7 +10,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::inode::{read_inode, write_inode, Change};
 use super::types::{Attr, FileType, FsError, Time};
-use super::{Fs, Inner};
+use super::{Fs, Inner, SpaceUse, OP_META_BLOCKS};
 use crate::client::Client;
 use crate::format::inode::{extent_key, ExtentValue, InodeItem, EXTENT_OFFLINE};
 use crate::lock::LockMode;
@@ -261,10 +261,13 @@ impl Fs {
                 .ok_or(FsError::TooBig)?;
             let mut guard = self.inner();
             let inner = &mut *guard;
-            let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
+            let held = self.lock_inodes_to_change(inner, &[ino], SpaceUse::Grows)?;
             let wseq = held.write_seq();
             let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
             regular(&i)?;
+            // One extent per block at worst, and the data allocator changes they bring.
+            let blocks = (data.len() as u64).div_ceil(BLOCK);
+            self.reserve_meta(inner, SpaceUse::Grows, OP_META_BLOCKS + blocks / 16)?;
             if !data.is_empty() {
                 if off > i.size.get() {
                     self.zero_tail(inner, ino, i.size.get(), wseq)?;
@@ -447,7 +450,13 @@ impl Fs {
         let old = i.size.get();
         if size < old {
             let keep = size.div_ceil(BLOCK);
-            for e in extents_in(&mut inner.client, ino, keep, u64::MAX)? {
+            let gone = extents_in(&mut inner.client, ino, keep, u64::MAX)?;
+            self.reserve_meta(
+                inner,
+                SpaceUse::Bounded,
+                OP_META_BLOCKS + gone.len() as u64 / 16,
+            )?;
+            for e in gone {
                 let gone = cut_extent(&mut inner.client, ino, &e, keep, u64::MAX, wseq)?;
                 if gone.len == 0 {
                     continue;

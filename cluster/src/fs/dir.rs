@@ -7,9 +7,12 @@
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::inode::{alloc_ino, delete_inode, new_inode_item, read_inode, write_inode, Change};
+use super::inode::{
+    alloc_ino, delete_inode, inode_items, new_inode_item, read_inode, write_inode, Change,
+};
 use super::types::{check_name, Attr, DirEntry, DirPage, FileType, FsError, NewNode, Time};
-use super::Fs;
+use super::{Fs, Inner, SpaceUse, OP_META_BLOCKS};
+use crate::btree::Item;
 use crate::client::Client;
 use crate::format::bloom::fnv1a64;
 use crate::format::inode::{
@@ -266,7 +269,7 @@ impl Fs {
             let mut guard = self.inner();
             let inner = &mut *guard;
             let ino = alloc_ino(self, inner)?;
-            let held = self.lock_inodes(inner, &[dir, ino], LockMode::Write)?;
+            let held = self.lock_inodes_to_change(inner, &[dir, ino], SpaceUse::Grows)?;
             let wseq = held.write_seq();
             let mut d = dir_inode(&mut inner.client, dir)?;
             if d.nlink.get() == 0 {
@@ -339,7 +342,7 @@ impl Fs {
             check_name(name)?;
             let mut guard = self.inner();
             let inner = &mut *guard;
-            let held = self.lock_inodes(inner, &[dir, ino], LockMode::Write)?;
+            let held = self.lock_inodes_to_change(inner, &[dir, ino], SpaceUse::Grows)?;
             let wseq = held.write_seq();
             let mut d = dir_inode(&mut inner.client, dir)?;
             let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
@@ -372,6 +375,18 @@ impl Fs {
         })
     }
 
+    /// The items of an inode about to lose its last name, once the transaction has room to
+    /// delete them all (called before the operation changes anything).
+    fn doomed_items(&self, inner: &mut Inner, ino: u64) -> Result<Vec<Item>, FsError> {
+        let items = inode_items(&mut inner.client, ino)?;
+        self.reserve_meta(
+            inner,
+            SpaceUse::Bounded,
+            OP_META_BLOCKS + items.len() as u64 / 16,
+        )?;
+        Ok(items)
+    }
+
     /// Remove a non-directory entry.
     pub fn unlink(&self, dir: u64, name: &[u8]) -> Result<(), FsError> {
         self.remove(dir, name, false)
@@ -393,11 +408,11 @@ impl Fs {
             check_name(name)?;
             let mut guard = self.inner();
             let inner = &mut *guard;
-            let held = self.lock_inodes(inner, &[dir], LockMode::Write)?;
+            let held = self.lock_inodes_to_change(inner, &[dir], SpaceUse::Bounded)?;
             let mut d = dir_inode(&mut inner.client, dir)?;
             let e = find_entry(&mut inner.client, dir, name)?.ok_or(FsError::NotFound)?;
             let ino = e.hdr.ino.get();
-            let held2 = self.lock_inodes(inner, &[ino], LockMode::Write)?;
+            let held2 = self.lock_inodes_to_change(inner, &[ino], SpaceUse::Bounded)?;
             let wseq = held.write_seq().max(held2.write_seq());
             let mut i = read_inode(&mut inner.client, ino)?
                 .ok_or_else(|| FsError::Corrupt(format!("entry names missing inode {ino}")))?;
@@ -409,6 +424,11 @@ impl Fs {
                 }
                 _ => {}
             }
+            let doomed = if want_dir || i.nlink.get() <= 1 {
+                Some(self.doomed_items(inner, ino)?)
+            } else {
+                None
+            };
             remove_entry(&mut inner.client, dir, &mut d, &e, wseq)?;
             if want_dir {
                 d.nlink = d.nlink.get().saturating_sub(1).into();
@@ -418,8 +438,8 @@ impl Fs {
             }
             touch(&mut d);
             write_inode(&mut inner.client, dir, &mut d, Change::Meta, wseq)?;
-            if i.nlink.get() == 0 {
-                delete_inode(&mut inner.client, ino, &i, wseq)?;
+            if let Some(items) = doomed {
+                delete_inode(&mut inner.client, ino, &i, items, wseq)?;
             } else {
                 i.ctime = Time::now().to_disk();
                 write_inode(&mut inner.client, ino, &mut i, Change::Meta, wseq)?;
@@ -449,7 +469,7 @@ impl Fs {
             } else {
                 None
             };
-            let held = self.lock_inodes(inner, &[src_dir, dst_dir], LockMode::Write)?;
+            let held = self.lock_inodes_to_change(inner, &[src_dir, dst_dir], SpaceUse::Bounded)?;
             let mut sd = dir_inode(&mut inner.client, src_dir)?;
             let mut dd = if dst_dir == src_dir {
                 sd
@@ -463,7 +483,7 @@ impl Fs {
             if let Some(d) = &de {
                 inos.push(d.hdr.ino.get());
             }
-            let held2 = self.lock_inodes(inner, &inos, LockMode::Write)?;
+            let held2 = self.lock_inodes_to_change(inner, &inos, SpaceUse::Bounded)?;
             let wseq = held.write_seq().max(held2.write_seq());
             let mut si = read_inode(&mut inner.client, src)?.ok_or(FsError::Stale)?;
             let src_is_dir = is_dir(&si);
@@ -498,6 +518,11 @@ impl Fs {
                     }
                     _ => {}
                 }
+                let doomed = if is_dir(&ti) || ti.nlink.get() <= 1 {
+                    Some(self.doomed_items(inner, t)?)
+                } else {
+                    None
+                };
                 remove_entry(&mut inner.client, dst_dir, &mut dd, d, wseq)?;
                 if is_dir(&ti) {
                     dd.nlink = dd.nlink.get().saturating_sub(1).into();
@@ -505,8 +530,8 @@ impl Fs {
                 } else {
                     ti.nlink = ti.nlink.get().saturating_sub(1).into();
                 }
-                if ti.nlink.get() == 0 {
-                    delete_inode(&mut inner.client, t, &ti, wseq)?;
+                if let Some(items) = doomed {
+                    delete_inode(&mut inner.client, t, &ti, items, wseq)?;
                 } else {
                     ti.ctime = Time::now().to_disk();
                     write_inode(&mut inner.client, t, &mut ti, Change::Meta, wseq)?;

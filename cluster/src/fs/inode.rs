@@ -3,7 +3,8 @@
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use super::types::{Attr, FileType, FsError, NewNode, SetAttr, SetTime, Time};
-use super::{Fs, Inner};
+use super::{Fs, Inner, SpaceUse};
+use crate::btree::Item;
 use crate::client::Client;
 use crate::format::inode::{
     index_key, inode_key, ty, ExtentValue, InodeItem, DIRENT_FIRST_POS, EXTENT_OFFLINE,
@@ -97,16 +98,22 @@ pub(crate) fn alloc_ino(fs: &Fs, inner: &mut Inner) -> Result<u64, FsError> {
     Ok(inner.ino_next - 1)
 }
 
-/// Remove every item of an inode (its data blocks are freed); the caller removed its entries.
+/// Every item of an inode (what [`delete_inode`] removes).
+pub(crate) fn inode_items(client: &mut Client, ino: u64) -> Result<Vec<Item>, FsError> {
+    let first = Key::new(zone::FS, ino, 0, 0, 0, 0);
+    let last = Key::new(zone::FS, ino, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
+    Ok(client.range(&first, &last)?)
+}
+
+/// Remove an inode's `items` (from [`inode_items`]; its data blocks are freed) and its index
+/// items; the caller removed its entries.
 pub(crate) fn delete_inode(
     client: &mut Client,
     ino: u64,
     inode: &InodeItem,
+    items: Vec<Item>,
     wseq: u64,
 ) -> Result<(), FsError> {
-    let first = Key::new(zone::FS, ino, 0, 0, 0, 0);
-    let last = Key::new(zone::FS, ino, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
-    let items = client.range(&first, &last)?;
     for it in items {
         if it.key.ty == ty::DATA_EXTENT {
             let len = it.key.third.get();
@@ -166,7 +173,7 @@ impl Fs {
         self.retry(|| {
             let mut guard = self.inner();
             let inner = &mut *guard;
-            let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
+            let held = self.lock_inodes_to_change(inner, &[ino], SpaceUse::Bounded)?;
             let wseq = held.write_seq();
             let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
             let mut change = super::inode::Change::Meta;

@@ -99,6 +99,27 @@ impl std::fmt::Debug for Fs {
     }
 }
 
+/// How an operation's changes use metadata space (see [`Fs::reserve_meta`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpaceUse {
+    /// It may store more than it removes (creates, links, writes, xattrs, staging): it is
+    /// refused with ENOSPC while fewer than [`BOUNDED_RESERVE`] blocks would be left after
+    /// it, so that a full filesystem can still be cleaned up.
+    Grows,
+    /// It stores little or removes (unlink, rmdir, rename, attribute changes, truncates,
+    /// xattr removal, release): it may use that reserve.
+    Bounded,
+}
+
+/// Metadata blocks that one operation's changes can take, at most, in a transaction: the
+/// log tree blocks its items can touch (an inode, a directory entry and its index items,
+/// up to a 64 KiB xattr) and the data allocator blocks a write or truncate can change.
+/// Longer operations (a file's removal, a write or truncate over many extents) reserve
+/// more as they go.
+pub(crate) const OP_META_BLOCKS: u64 = 64;
+/// Room that operations which grow what is stored leave for [`SpaceUse::Bounded`] ones.
+pub(crate) const BOUNDED_RESERVE: u64 = 64;
+
 /// Locks held by one operation, released on drop.
 pub(crate) struct Held<'a> {
     locks: &'a dyn LockClient,
@@ -182,6 +203,48 @@ impl Fs {
         keys.sort();
         keys.dedup();
         self.lock_keys(inner, &keys, mode)
+    }
+
+    /// Lock the groups of `inos` for writing, once the transaction has room for the
+    /// operation's changes (see [`Fs::reserve_meta`]).
+    pub(crate) fn lock_inodes_to_change(
+        &self,
+        inner: &mut Inner,
+        inos: &[u64],
+        space: SpaceUse,
+    ) -> Result<Held<'_>, FsError> {
+        self.reserve_meta(inner, space, OP_META_BLOCKS)?;
+        self.lock_inodes(inner, inos, LockMode::Write)
+    }
+
+    /// Make sure the open transaction can take `need` more metadata blocks of changes (and
+    /// [`BOUNDED_RESERVE`] more for an operation that [`SpaceUse::Grows`]) and still commit:
+    /// if not, commit now, so that the next transaction opens with the blocks this one freed
+    /// and an avail list the server refilled. If even that is not enough the metadata
+    /// device is full: [`FsError::NoSpace`], before the operation changed anything.
+    ///
+    /// Called before an operation changes anything, or between consistent steps of a long
+    /// one: the commit it may make must not capture half an operation.
+    pub(crate) fn reserve_meta(
+        &self,
+        inner: &mut Inner,
+        space: SpaceUse,
+        need: u64,
+    ) -> Result<(), FsError> {
+        let need = need
+            + match space {
+                SpaceUse::Grows => BOUNDED_RESERVE,
+                SpaceUse::Bounded => 0,
+            };
+        if inner.client.has_meta_room(need)? {
+            return Ok(());
+        }
+        self.commit_locked(inner)?;
+        if inner.client.has_meta_room(need)? {
+            Ok(())
+        } else {
+            Err(FsError::NoSpace)
+        }
     }
 
     /// Use held grants of `keys` in `mode`. A grant not held is [`FsError::LockWait`]: the

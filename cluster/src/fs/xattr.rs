@@ -11,7 +11,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::inode::{read_inode, write_inode, Change};
 use super::types::{FsError, IndexPage, SeqIndex, Time};
-use super::Fs;
+use super::{Fs, SpaceUse};
 use crate::btree::Item;
 use crate::client::Client;
 use crate::format::inode::{
@@ -147,7 +147,7 @@ impl Fs {
             }
             let mut guard = self.inner();
             let inner = &mut *guard;
-            let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
+            let held = self.lock_inodes_to_change(inner, &[ino], SpaceUse::Grows)?;
             let wseq = held.write_seq();
             let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
             let old = find(&mut inner.client, ino, name)?;
@@ -199,7 +199,7 @@ impl Fs {
             check_name(name)?;
             let mut guard = self.inner();
             let inner = &mut *guard;
-            let held = self.lock_inodes(inner, &[ino], LockMode::Write)?;
+            let held = self.lock_inodes_to_change(inner, &[ino], SpaceUse::Bounded)?;
             let wseq = held.write_seq();
             let mut i = read_inode(&mut inner.client, ino)?.ok_or(FsError::NotFound)?;
             let o = find(&mut inner.client, ino, name)?.ok_or(FsError::NoAttr)?;

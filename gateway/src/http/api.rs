@@ -120,6 +120,7 @@ fn fs_error(e: FsError) -> ApiError {
         FsError::NotFound | FsError::Stale => (404, "not_found"),
         FsError::Invalid(_) | FsError::NameTooLong => (400, "bad_request"),
         FsError::Io(_) | FsError::Corrupt(_) => (503, "filesystem_unavailable"),
+        FsError::NoSpace => (507, "no_space"),
         _ => (500, "filesystem_error"),
     };
     ApiError {
