@@ -1,16 +1,20 @@
 //! The scoutfs-style clustered filesystem of scoutgw.
 //!
-//! Today this crate holds the persistent format and the offline tools that write and read it:
+//! It holds the persistent [`format`](mod@format) and the offline tools ([`mkfs`], [`inspect`],
+//! [`fsck`]); the metadata engine: the COW [`btree`], the allocators ([`alloc`]), the
+//! client's transactions over its log tree and the merged forest ([`client`], with its
+//! [`item_cache`]), the [`server`] that hands out log trees and merges them into fs_root;
+//! the cluster protocol: [`quorum`] election, [`fence`], cluster locks ([`lock`],
+//! [`lock_client`], [`lock_server`], [`recovery`]), the message transport ([`msg`], [`net`])
+//! and the [`node`] that runs them; and the POSIX layer on top ([`fs`]).
 //!
-//! * [`format`]: every on-disk structure above the block header — the super block, quorum
-//!   blocks, item keys, btree blocks, allocator roots and alloc lists — as `zerocopy` structs
-//!   with little-endian fields and compile-time size checks, plus the fixed device layout.
-//! * [`mkfs`]: writing a new filesystem onto a pair of devices.
-//! * [`inspect`]: reading a filesystem back for `scoutgw print` (super, quorum blocks, a
-//!   summary of every tree), verifying every block it touches.
-//!
-//! Later issues add the COW btree, allocators, forest of log btrees, transactions, locks,
-//! quorum, the server and the POSIX layer here.
+//! Limits: names up to 255 bytes; files up to 2^60 bytes; xattr values up to 64 KiB; item
+//! values up to 896 bytes; up to 15 quorum slots; inode numbers are 64-bit and never reused.
+//! A metadata device must be at least 64 MiB. Near full, ENOSPC comes before the last blocks
+//! are used: each mount keeps room for one operation and its commit, the server a reserve
+//! (1/16 of the device, 64 to 256 blocks of 64 KiB) for its own requests and merges, and
+//! operations that grow what is stored leave 64 blocks for those that remove (see
+//! `Fs::reserve_meta`), so a full filesystem can always be cleaned up.
 //!
 //! This crate must not depend on NFS, HTTP, S3, configuration files or the CLI: the gateway
 //! and archive crates depend on it, never the other way round. Block I/O goes through
