@@ -204,7 +204,8 @@ pub struct Client {
     cache: ItemCache,
     failed: bool,
     /// Entries of the avail list the last commit left: the next transaction opens with at
-    /// least these (the server only adds to a mount's avail list).
+    /// least these, or [`crate::server::CLIENT_META_KEEP`] if fewer (the server takes back
+    /// only what an idle mount holds beyond that).
     avail_left: u64,
     /// Reads retried because the roots they followed had gone stale.
     stale_retries: u64,
@@ -351,15 +352,17 @@ impl Client {
 
     /// Whether changes that allocate up to `need` metadata blocks (directly, or through the
     /// log tree blocks their items take at commit) fit in the open transaction and still
-    /// let it commit. With no transaction open, the avail list the last commit left answers
-    /// when it is enough; otherwise a transaction is opened to see what the server gave.
+    /// let it commit. With no transaction open, what the next transaction is sure to get
+    /// answers when it is enough; otherwise a transaction is opened to see what it gets.
     ///
     /// When they do not fit, committing (the server takes back what the transaction freed
     /// and refills the avail list of the next) and asking again is the way to more room.
     pub fn has_meta_room(&mut self, need: u64) -> Result<bool, ClientError> {
         if self.trans.is_none() {
-            let empty_commit = crate::alloc::list::blocks_for(self.avail_left as usize) as u64 + 8;
-            if self.avail_left >= need + empty_commit {
+            // The server may take back what an idle mount holds beyond CLIENT_META_KEEP.
+            let sure = self.avail_left.min(crate::server::CLIENT_META_KEEP);
+            let empty_commit = crate::alloc::list::blocks_for(sure as usize) as u64 + 8;
+            if sure >= need + empty_commit {
                 return Ok(true);
             }
             self.begin()?;

@@ -82,6 +82,11 @@ impl Default for ServerConfig {
 const CLIENT_META_MIN_FILL: u64 = 256;
 /// ...and refilled whenever it holds fewer than this many.
 const CLIENT_META_MIN_LOW: u64 = 192;
+/// Metadata avail blocks a mount keeps between transactions however short the server is:
+/// the server takes back only those beyond this from mounts with no open transaction (an
+/// idle node must not hold the space another needs to delete files). A mount may count on
+/// this many of what its last commit left without asking (see `Client::has_meta_room`).
+pub const CLIENT_META_KEEP: u64 = 32;
 /// Blocks beyond its reserve that the server keeps from client refills for merges, which
 /// must go on when the device is full: they are what gives back the space of deletions.
 const MERGE_ROOM: u64 = 32;
@@ -413,7 +418,7 @@ impl Server {
     /// server's own operations (opening and committing transactions, finishing merges)
     /// need however full the device is.
     fn reserve(&self) -> u64 {
-        let small_device = (self.sb.total_meta_blocks.get() / 16).max(64);
+        let small_device = (self.sb.total_meta_blocks.get() / 64).max(64);
         (self.cfg.server_meta_low / 4).clamp(64, small_device)
     }
 
@@ -449,6 +454,47 @@ impl Server {
                 "{} free metadata blocks where the server needs {n}",
                 self.alloc.avail.len()
             )));
+        }
+        Ok(())
+    }
+
+    /// Free metadata blocks the server can hand to clients: beyond its reserve and the
+    /// room merges need.
+    fn meta_spare(&self) -> u64 {
+        (self.sb.meta_alloc[0].total_len.get() + self.alloc.avail.len() as u64)
+            .saturating_sub(self.reserve() + MERGE_ROOM)
+    }
+
+    /// Take back, until the server has `want` blocks to spare, the metadata avail blocks
+    /// beyond [`CLIENT_META_KEEP`] of other mounts that have no transaction open. Between
+    /// transactions a mount's avail list is the server's to change: the mount reads it
+    /// again from its log_trees record when it opens the next one.
+    fn reclaim_idle_avail(&mut self, except_rid: u64, want: u64) -> Result<(), ServerError> {
+        for mut lt in all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)? {
+            if self.meta_spare() >= want {
+                break;
+            }
+            if lt.rid.get() == except_rid
+                || lt.trans_open()
+                || lt.meta_avail.total_nr.get() <= CLIENT_META_KEEP
+            {
+                continue;
+            }
+            self.ensure_server_avail(16)?;
+            let mut avail = MetaList::load(&self.md, &lt.meta_avail)?;
+            for b in avail.take_list_blocks() {
+                self.alloc.freed.push(b);
+            }
+            let mut entries = avail.take_entries();
+            // Never written since the mount's last commit, and named only by its list:
+            // reusable at once (a crash before the next server commit keeps them listed).
+            for b in entries.split_off(CLIENT_META_KEEP as usize) {
+                self.alloc.avail.push(b);
+            }
+            let mut kept = MetaList::from_entries(entries);
+            let seq = self.dirty.seq();
+            lt.meta_avail = kept.write_new(&self.md, seq, &mut self.alloc)?;
+            self.store_log_trees(&lt)?;
         }
         Ok(())
     }
@@ -573,8 +619,10 @@ impl Server {
         // As with data below: an eighth of the free metadata space per client, but at
         // least what one operation and its commit need while the server can spare it.
         let have = avail.len() as u64;
-        let spare = (self.sb.meta_alloc[0].total_len.get() + self.alloc.avail.len() as u64)
-            .saturating_sub(self.reserve() + MERGE_ROOM);
+        if have < CLIENT_META_MIN_LOW && self.meta_spare() < CLIENT_META_MIN_FILL - have {
+            self.reclaim_idle_avail(rid, CLIENT_META_MIN_FILL - have)?;
+        }
+        let spare = self.meta_spare();
         let fill = self
             .cfg
             .client_meta_fill

@@ -73,6 +73,9 @@ pub(crate) struct Inner {
     pub data_dirty: bool,
     /// The lock client's grant generation when the roots were last sampled.
     pub seen_grant_gen: u64,
+    /// The room the running operation reserved: the open transaction's seq, its room then,
+    /// and what the operation said it needs (checked when it ends, in debug builds).
+    pub reserved: Option<(u64, u64, u64)>,
 }
 
 /// A mounted filesystem.
@@ -116,9 +119,10 @@ pub(crate) enum SpaceUse {
 /// up to a 64 KiB xattr) and the data allocator blocks a write or truncate can change.
 /// Longer operations (a file's removal, a write or truncate over many extents) reserve
 /// more as they go.
-pub(crate) const OP_META_BLOCKS: u64 = 64;
-/// Room that operations which grow what is stored leave for [`SpaceUse::Bounded`] ones.
-pub(crate) const BOUNDED_RESERVE: u64 = 64;
+pub(crate) const OP_META_BLOCKS: u64 = 32;
+/// Room that operations which grow what is stored leave for [`SpaceUse::Bounded`] ones:
+/// enough for a few of them, and for their transaction to commit.
+pub(crate) const BOUNDED_RESERVE: u64 = 96;
 
 /// Locks held by one operation, released on drop.
 pub(crate) struct Held<'a> {
@@ -161,6 +165,7 @@ impl Fs {
                 ino_end: 0,
                 data_dirty: false,
                 seen_grant_gen: 0,
+                reserved: None,
             }),
             data: DataDev::new(data_dev),
             locks,
@@ -231,20 +236,24 @@ impl Fs {
         space: SpaceUse,
         need: u64,
     ) -> Result<(), FsError> {
-        let need = need
+        let room = need
             + match space {
                 SpaceUse::Grows => BOUNDED_RESERVE,
                 SpaceUse::Bounded => 0,
             };
-        if inner.client.has_meta_room(need)? {
-            return Ok(());
+        if !inner.client.has_meta_room(room)? {
+            self.commit_locked(inner)?;
+            if !inner.client.has_meta_room(room)? {
+                return Err(FsError::NoSpace);
+            }
         }
-        self.commit_locked(inner)?;
-        if inner.client.has_meta_room(need)? {
-            Ok(())
-        } else {
-            Err(FsError::NoSpace)
+        if cfg!(debug_assertions) {
+            inner.reserved = inner
+                .client
+                .meta_room()
+                .map(|now| (inner.client.trans_seq(), now, need));
         }
+        Ok(())
     }
 
     /// Use held grants of `keys` in `mode`. A grant not held is [`FsError::LockWait`]: the
@@ -330,8 +339,18 @@ impl Fs {
         Ok(())
     }
 
-    /// Commit if the open transaction has grown past its limit.
+    /// Commit if the open transaction has grown past its limit. Every changing operation
+    /// ends here: in debug builds, check that it took no more room than it reserved.
     pub(crate) fn maybe_commit(&self, inner: &mut Inner) -> Result<(), FsError> {
+        if let Some((seq, before, need)) = inner.reserved.take() {
+            if let Some(after) = inner.client.meta_room() {
+                debug_assert!(
+                    inner.client.trans_seq() != seq || before.saturating_sub(after) <= need,
+                    "an operation took {} metadata blocks of room where it reserved {need}",
+                    before.saturating_sub(after)
+                );
+            }
+        }
         if inner.client.dirty_items() >= self.opts.max_dirty_items {
             self.commit_locked(inner)?;
         }
