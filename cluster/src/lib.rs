@@ -12,9 +12,10 @@
 //! values up to 896 bytes; up to 15 quorum slots; inode numbers are 64-bit and never reused.
 //! A metadata device must be at least 64 MiB. Near full, ENOSPC comes before the last blocks
 //! are used: each mount keeps room for one operation and its commit, the server a reserve
-//! (1/16 of the device, 64 to 256 blocks of 64 KiB) for its own requests and merges, and
-//! operations that grow what is stored leave 64 blocks for those that remove (see
-//! `Fs::reserve_meta`), so a full filesystem can always be cleaned up.
+//! (1/64 of the device, 64 to 256 blocks of 64 KiB) for its own requests and merges and
+//! room for merging the finalized log trees, and operations that grow what is stored leave
+//! 96 blocks for those that remove (see `Fs::reserve_meta`), so a full filesystem can be
+//! cleaned up (with several mounts that all filled it, not yet always: ARCHITECTURE.md).
 //!
 //! This crate must not depend on NFS, HTTP, S3, configuration files or the CLI: the gateway
 //! and archive crates depend on it, never the other way round. Block I/O goes through

@@ -25,7 +25,7 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::alloc::extent;
 use crate::alloc::{ListAlloc, MetaList};
-use crate::btree::{self, BtreeError, BtreeWriter, Dirty, Item, LeafCursor};
+use crate::btree::{self, BtreeError, BtreeWriter, Dirty, Item, LeafCursor, PutCost};
 use crate::format::key::zone;
 use crate::format::log_trees::{
     log_trees_key, mounted_client_key, LogTrees, MountedClient, LOG_TREES_FINALIZED,
@@ -87,6 +87,10 @@ const CLIENT_META_MIN_LOW: u64 = 192;
 /// idle node must not hold the space another needs to delete files). A mount may count on
 /// this many of what its last commit left without asking (see `Client::has_meta_room`).
 pub const CLIENT_META_KEEP: u64 = 32;
+/// A client's metadata avail list is filled to at least this many blocks whenever the
+/// server has them beyond its reserve and merge room: enough to remove files (see
+/// `Fs::reserve_meta`), even while the space is held for merges of finalized trees.
+const CLIENT_META_REMOVE_FILL: u64 = 64;
 /// Blocks beyond its reserve that the server keeps from client refills for merges, which
 /// must go on when the device is full: they are what gives back the space of deletions.
 const MERGE_ROOM: u64 = 32;
@@ -458,11 +462,22 @@ impl Server {
         Ok(())
     }
 
-    /// Free metadata blocks the server can hand to clients: beyond its reserve and the
-    /// room merges need.
-    fn meta_spare(&self) -> u64 {
-        (self.sb.meta_alloc[0].total_len.get() + self.alloc.avail.len() as u64)
-            .saturating_sub(self.reserve() + MERGE_ROOM)
+    /// Free metadata blocks the server can hand to clients: beyond its reserve, the room
+    /// merges need, and what merging the finalized log trees may add to fs_root before it
+    /// frees them (about their own size, counted twice: fs_root's leaves may end up half
+    /// as full). Clients get ENOSPC before merges could run out of room to give back the
+    /// space of what they delete. Also what is free beyond the reserve and merge room only.
+    fn meta_spare(&self) -> Result<(u64, u64), ServerError> {
+        let mut pending = 0;
+        for lt in all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)? {
+            if lt.is_finalized() {
+                pending += 2 * PutCost::tree_blocks(&self.md, &lt.item_root)?;
+            }
+        }
+        let beyond_reserve = (self.sb.meta_alloc[0].total_len.get()
+            + self.alloc.avail.len() as u64)
+            .saturating_sub(self.reserve() + MERGE_ROOM);
+        Ok((beyond_reserve.saturating_sub(pending), beyond_reserve))
     }
 
     /// Take back, until the server has `want` blocks to spare, the metadata avail blocks
@@ -471,7 +486,7 @@ impl Server {
     /// again from its log_trees record when it opens the next one.
     fn reclaim_idle_avail(&mut self, except_rid: u64, want: u64) -> Result<(), ServerError> {
         for mut lt in all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)? {
-            if self.meta_spare() >= want {
+            if self.meta_spare()?.0 >= want {
                 break;
             }
             if lt.rid.get() == except_rid
@@ -619,15 +634,20 @@ impl Server {
         // As with data below: an eighth of the free metadata space per client, but at
         // least what one operation and its commit need while the server can spare it.
         let have = avail.len() as u64;
-        if have < CLIENT_META_MIN_LOW && self.meta_spare() < CLIENT_META_MIN_FILL - have {
+        let mut spare = self.meta_spare()?;
+        if have < CLIENT_META_MIN_LOW && spare.0 < CLIENT_META_MIN_FILL - have {
             self.reclaim_idle_avail(rid, CLIENT_META_MIN_FILL - have)?;
+            spare = self.meta_spare()?;
         }
-        let spare = self.meta_spare();
+        let (spare, beyond_reserve) = spare;
         let fill = self
             .cfg
             .client_meta_fill
             .min(((spare + have) / 8).max(CLIENT_META_MIN_FILL))
-            .min(spare + have);
+            .min(spare + have)
+            // Room to remove files, even from what pending merges may need: removals are
+            // what lets them give space back.
+            .max(CLIENT_META_REMOVE_FILL.min(beyond_reserve + have));
         let low = self
             .cfg
             .client_meta_low
@@ -819,6 +839,13 @@ impl Server {
     /// Ask for every current log tree to be finalized so the next merge covers them. Trees
     /// without an open transaction are finalized now, the others at their next commit.
     pub fn request_merge(&mut self) -> Result<(), ServerError> {
+        self.finalize_all()?;
+        self.commit()
+    }
+
+    /// Finalize every log tree with items: now if no transaction is open in it, at its
+    /// commit otherwise.
+    fn finalize_all(&mut self) -> Result<(), ServerError> {
         for mut lt in all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)? {
             if lt.is_finalized() || lt.item_root.is_empty() {
                 continue;
@@ -831,7 +858,7 @@ impl Server {
                 self.store_log_trees(&lt)?;
             }
         }
-        self.commit()
+        Ok(())
     }
 
     /// Merge every finalized log tree into `fs_root` and free it. Returns the number of
@@ -878,6 +905,13 @@ impl Server {
         deadline: Option<std::time::Instant>,
     ) -> Result<MergeStep, ServerError> {
         if self.merge.is_none() {
+            if self.meta_space_low() || self.meta_spare()?.0 < CLIENT_META_MIN_FILL {
+                // Merge what every mount has written so far: removals in trees still open
+                // then cancel what they remove in the finalized ones, instead of those
+                // being merged into fs_root first (which needs the room that is short).
+                self.ensure_server_avail(16)?;
+                self.finalize_all()?;
+            }
             let (inputs, others): (Vec<LogTrees>, Vec<LogTrees>) =
                 all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)?
                     .into_iter()

@@ -885,6 +885,19 @@ impl PutCost {
 
     /// The cost of a batch into `root` (reading only its parent blocks).
     pub fn new(md: &MetaDev, root: &BtreeRoot) -> Result<Self, BtreeError> {
+        let mut cost = Self::shape(md, root)?;
+        cost.touched = vec![false; cost.leaf_last.len()];
+        Ok(cost)
+    }
+
+    /// Blocks of the tree at `root`: its leaves counted from their parents (reading only
+    /// parent blocks) and the parents.
+    pub fn tree_blocks(md: &MetaDev, root: &BtreeRoot) -> Result<u64, BtreeError> {
+        let shape = Self::shape(md, root)?;
+        Ok(shape.leaf_last.len() as u64 + shape.parents)
+    }
+
+    fn shape(md: &MetaDev, root: &BtreeRoot) -> Result<Self, BtreeError> {
         check_root(root)?;
         let mut cost = PutCost {
             height: root.height,
@@ -913,7 +926,6 @@ impl PutCost {
                 level_refs = below;
             }
         }
-        cost.touched = vec![false; cost.leaf_last.len()];
         Ok(cost)
     }
 
