@@ -210,16 +210,19 @@ impl Fs {
         self.lock_keys(inner, &keys, mode)
     }
 
-    /// Lock the groups of `inos` for writing, once the transaction has room for the
-    /// operation's changes (see [`Fs::reserve_meta`]).
+    /// Lock the groups of `inos` for writing, then make sure the transaction has room for
+    /// the operation's changes (see [`Fs::reserve_meta`]). Locks first: an operation that
+    /// unwinds to wait for a grant has not opened a transaction for nothing (an open
+    /// transaction holds back the stable seq, and is committed by every invalidation).
     pub(crate) fn lock_inodes_to_change(
         &self,
         inner: &mut Inner,
         inos: &[u64],
         space: SpaceUse,
     ) -> Result<Held<'_>, FsError> {
+        let held = self.lock_inodes(inner, inos, LockMode::Write)?;
         self.reserve_meta(inner, space, OP_META_BLOCKS)?;
-        self.lock_inodes(inner, inos, LockMode::Write)
+        Ok(held)
     }
 
     /// Make sure the open transaction can take `need` more metadata blocks of changes (and
