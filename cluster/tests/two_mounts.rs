@@ -352,7 +352,7 @@ fn fill(fs: &Fs, prefix: &str) -> usize {
 ///
 /// That every removal gets room soon with two mounts is not guarded here: the merge of the
 /// filled trees can lack room to finish, and removals then keep getting ENOSPC (retrying
-/// for 30 s they got room in 1 of 2 runs; see ARCHITECTURE.md). One mount is guarded in
+/// for 30 s they got room in 2 of 6 runs; see ARCHITECTURE.md). One mount is guarded in
 /// `tests/fs.rs`.
 #[test]
 fn a_full_metadata_device_gives_both_mounts_enospc_and_neither_fails() {
