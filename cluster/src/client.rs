@@ -203,10 +203,6 @@ pub struct Client {
     /// Committed items by covered key range (see [`ItemCache`]).
     cache: ItemCache,
     failed: bool,
-    /// Entries of the avail list the last commit left: the next transaction opens with at
-    /// least these, or [`crate::server::CLIENT_META_KEEP`] if fewer (the server takes back
-    /// only what an idle mount holds beyond that).
-    avail_left: u64,
     /// Reads retried because the roots they followed had gone stale.
     stale_retries: u64,
     /// Reads sample the roots again once they are this old (`None`: only at commits,
@@ -260,7 +256,6 @@ impl Client {
             blooms: Vec::new(),
             cache: ItemCache::new(ITEM_CACHE_BYTES),
             failed: false,
-            avail_left: 0,
             stale_retries: 0,
             refresh_every: None,
             refreshed_at: std::time::Instant::now(),
@@ -352,21 +347,13 @@ impl Client {
 
     /// Whether changes that allocate up to `need` metadata blocks (directly, or through the
     /// log tree blocks their items take at commit) fit in the open transaction and still
-    /// let it commit. With no transaction open, what the next transaction is sure to get
-    /// answers when it is enough; otherwise a transaction is opened to see what it gets.
+    /// let it commit. With no transaction open, one is opened to see what the server gives
+    /// it (between transactions the server may take back what an idle mount holds).
     ///
     /// When they do not fit, committing (the server takes back what the transaction freed
     /// and refills the avail list of the next) and asking again is the way to more room.
     pub fn has_meta_room(&mut self, need: u64) -> Result<bool, ClientError> {
-        if self.trans.is_none() {
-            // The server may take back what an idle mount holds beyond CLIENT_META_KEEP.
-            let sure = self.avail_left.min(crate::server::CLIENT_META_KEEP);
-            let empty_commit = crate::alloc::list::blocks_for(sure as usize) as u64 + 8;
-            if sure >= need + empty_commit {
-                return Ok(true);
-            }
-            self.begin()?;
-        }
+        self.begin()?;
         Ok(self.meta_room().is_some_and(|room| room >= need))
     }
 
@@ -938,11 +925,10 @@ impl Client {
         t.dirty.write(&self.md, seq)?;
         let (avail, freed) = t.alloc.write_lists(&self.md, seq)?;
         self.md.flush().map_err(BtreeError::from)?;
-        self.avail_left = t.alloc.avail.len() as u64;
+        let took = avail_before.saturating_sub(t.alloc.avail.len() as u64);
         debug_assert!(
-            avail_before.saturating_sub(self.avail_left) <= bound,
-            "the commit took {} metadata blocks, beyond its bound of {bound}",
-            avail_before.saturating_sub(self.avail_left)
+            took <= bound,
+            "the commit took {took} metadata blocks, beyond its bound of {bound}"
         );
 
         t.lt.item_root = root;

@@ -84,9 +84,8 @@ const CLIENT_META_MIN_FILL: u64 = 256;
 const CLIENT_META_MIN_LOW: u64 = 192;
 /// Metadata avail blocks a mount keeps between transactions however short the server is:
 /// the server takes back only those beyond this from mounts with no open transaction (an
-/// idle node must not hold the space another needs to delete files). A mount may count on
-/// this many of what its last commit left without asking (see `Client::has_meta_room`).
-pub const CLIENT_META_KEEP: u64 = 32;
+/// idle node must not hold the space another needs to delete files).
+const CLIENT_META_KEEP: u64 = 32;
 /// A client's metadata avail list is filled to at least this many blocks whenever the
 /// server has them beyond its reserve and merge room: enough to remove files (see
 /// `Fs::reserve_meta`), even while the space is held for merges of finalized trees.
@@ -462,31 +461,45 @@ impl Server {
         Ok(())
     }
 
-    /// Free metadata blocks the server can hand to clients: beyond its reserve, the room
+    /// Free metadata blocks the server can hand to clients, given `pending_merge` from
+    /// [`Server::pending_merge`]: beyond its reserve, the room
     /// merges need, and what merging the finalized log trees may add to fs_root before it
     /// frees them (about their own size, counted twice: fs_root's leaves may end up half
     /// as full). Clients get ENOSPC before merges could run out of room to give back the
-    /// space of what they delete. Also what is free beyond the reserve and merge room only.
-    fn meta_spare(&self) -> Result<(u64, u64), ServerError> {
+    /// space of what they delete.
+    fn meta_spare(&self, pending_merge: u64) -> u64 {
+        self.beyond_reserve().saturating_sub(pending_merge)
+    }
+
+    /// Free metadata blocks beyond the reserve and the merge room.
+    fn beyond_reserve(&self) -> u64 {
+        (self.sb.meta_alloc[0].total_len.get() + self.alloc.avail.len() as u64)
+            .saturating_sub(self.reserve() + MERGE_ROOM)
+    }
+
+    /// Blocks that merging the finalized trees among `lts` may add to fs_root (see
+    /// [`Server::meta_spare`]); reads only their parent blocks.
+    fn pending_merge(&self, lts: &[LogTrees]) -> Result<u64, ServerError> {
         let mut pending = 0;
-        for lt in all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)? {
-            if lt.is_finalized() {
-                pending += 2 * PutCost::tree_blocks(&self.md, &lt.item_root)?;
-            }
+        for lt in lts.iter().filter(|lt| lt.is_finalized()) {
+            pending += 2 * PutCost::tree_blocks(&self.md, &lt.item_root)?;
         }
-        let beyond_reserve = (self.sb.meta_alloc[0].total_len.get()
-            + self.alloc.avail.len() as u64)
-            .saturating_sub(self.reserve() + MERGE_ROOM);
-        Ok((beyond_reserve.saturating_sub(pending), beyond_reserve))
+        Ok(pending)
     }
 
     /// Take back, until the server has `want` blocks to spare, the metadata avail blocks
     /// beyond [`CLIENT_META_KEEP`] of other mounts that have no transaction open. Between
     /// transactions a mount's avail list is the server's to change: the mount reads it
     /// again from its log_trees record when it opens the next one.
-    fn reclaim_idle_avail(&mut self, except_rid: u64, want: u64) -> Result<(), ServerError> {
-        for mut lt in all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)? {
-            if self.meta_spare()?.0 >= want {
+    fn reclaim_idle_avail(
+        &mut self,
+        lts: Vec<LogTrees>,
+        pending_merge: u64,
+        except_rid: u64,
+        want: u64,
+    ) -> Result<(), ServerError> {
+        for mut lt in lts {
+            if self.meta_spare(pending_merge) >= want {
                 break;
             }
             if lt.rid.get() == except_rid
@@ -634,12 +647,14 @@ impl Server {
         // As with data below: an eighth of the free metadata space per client, but at
         // least what one operation and its commit need while the server can spare it.
         let have = avail.len() as u64;
-        let mut spare = self.meta_spare()?;
-        if have < CLIENT_META_MIN_LOW && spare.0 < CLIENT_META_MIN_FILL - have {
-            self.reclaim_idle_avail(rid, CLIENT_META_MIN_FILL - have)?;
-            spare = self.meta_spare()?;
+        let lts = all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)?;
+        let pending_merge = self.pending_merge(&lts)?;
+        if have < CLIENT_META_MIN_LOW
+            && self.meta_spare(pending_merge) < CLIENT_META_MIN_FILL - have
+        {
+            self.reclaim_idle_avail(lts, pending_merge, rid, CLIENT_META_MIN_FILL - have)?;
         }
-        let (spare, beyond_reserve) = spare;
+        let (spare, beyond_reserve) = (self.meta_spare(pending_merge), self.beyond_reserve());
         let fill = self
             .cfg
             .client_meta_fill
@@ -905,17 +920,19 @@ impl Server {
         deadline: Option<std::time::Instant>,
     ) -> Result<MergeStep, ServerError> {
         if self.merge.is_none() {
-            if self.meta_space_low() || self.meta_spare()?.0 < CLIENT_META_MIN_FILL {
+            let mut lts = all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)?;
+            if self.meta_space_low()
+                || self.meta_spare(self.pending_merge(&lts)?) < CLIENT_META_MIN_FILL
+            {
                 // Merge what every mount has written so far: removals in trees still open
                 // then cancel what they remove in the finalized ones, instead of those
                 // being merged into fs_root first (which needs the room that is short).
                 self.ensure_server_avail(16)?;
                 self.finalize_all()?;
+                lts = all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)?;
             }
             let (inputs, others): (Vec<LogTrees>, Vec<LogTrees>) =
-                all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)?
-                    .into_iter()
-                    .partition(|lt| lt.is_finalized());
+                lts.into_iter().partition(|lt| lt.is_finalized());
             if inputs.is_empty() {
                 return Ok(MergeStep::Idle);
             }

@@ -73,9 +73,19 @@ pub(crate) struct Inner {
     pub data_dirty: bool,
     /// The lock client's grant generation when the roots were last sampled.
     pub seen_grant_gen: u64,
-    /// The room the running operation reserved: the open transaction's seq, its room then,
-    /// and what the operation said it needs (checked when it ends, in debug builds).
-    pub reserved: Option<(u64, u64, u64)>,
+    /// What the running operation reserved (checked when it ends, in debug builds).
+    pub reserved: Option<Reserved>,
+}
+
+/// Room an operation reserved with [`Fs::reserve_meta`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reserved {
+    /// The open transaction's seq then (a commit since makes the check moot).
+    trans_seq: u64,
+    /// Its room then.
+    room: u64,
+    /// What the operation said it needs.
+    need: u64,
 }
 
 /// A mounted filesystem.
@@ -251,10 +261,11 @@ impl Fs {
             }
         }
         if cfg!(debug_assertions) {
-            inner.reserved = inner
-                .client
-                .meta_room()
-                .map(|now| (inner.client.trans_seq(), now, need));
+            inner.reserved = inner.client.meta_room().map(|room| Reserved {
+                trans_seq: inner.client.trans_seq(),
+                room,
+                need,
+            });
         }
         Ok(())
     }
@@ -345,14 +356,13 @@ impl Fs {
     /// Commit if the open transaction has grown past its limit. Every changing operation
     /// ends here: in debug builds, check that it took no more room than it reserved.
     pub(crate) fn maybe_commit(&self, inner: &mut Inner) -> Result<(), FsError> {
-        if let Some((seq, before, need)) = inner.reserved.take() {
-            if let Some(after) = inner.client.meta_room() {
-                debug_assert!(
-                    inner.client.trans_seq() != seq || before.saturating_sub(after) <= need,
-                    "an operation took {} metadata blocks of room where it reserved {need}",
-                    before.saturating_sub(after)
-                );
-            }
+        if let (Some(r), Some(after)) = (inner.reserved.take(), inner.client.meta_room()) {
+            let took = r.room.saturating_sub(after);
+            debug_assert!(
+                inner.client.trans_seq() != r.trans_seq || took <= r.need,
+                "an operation took {took} metadata blocks of room where it reserved {}",
+                r.need
+            );
         }
         if inner.client.dirty_items() >= self.opts.max_dirty_items {
             self.commit_locked(inner)?;
