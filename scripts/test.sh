@@ -20,12 +20,19 @@ scratch=$(mktemp -d)
 pid=
 cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$scratch"; }
 trap cleanup EXIT
+# A failed step says which one, with what the node printed, before the scratch folder goes.
+smoke_failed() {
+    echo "quickstart smoke run failed at line $1 of scripts/test.sh; the node printed:" >&2
+    cat "$scratch/out2" >&2 2>/dev/null || true
+}
+trap 'smoke_failed $LINENO' ERR
 "$bin" quickstart --dir "$scratch/data" --setup-only >"$scratch/out1"
 port=$((20000 + RANDOM % 20000))
 "$bin" quickstart --dir "$scratch/data" --nfs-bind "127.0.0.1:$port" \
     --http-bind "127.0.0.1:$((port + 1))" >"$scratch/out2" 2>&1 &
 pid=$!
-for _ in $(seq 1 100); do grep -q "serving NFSv3" "$scratch/out2" && break; sleep 0.2; done
+for _ in $(seq 1 300); do grep -q "serving NFSv3" "$scratch/out2" && break; sleep 0.2; done
+grep -q "serving NFSv3" "$scratch/out2"
 grep -q "already holds filesystem" "$scratch/out2"
 grep -q "sudo mount -t nfs -o vers=3,proto=tcp,port=$port,mountport=$port" "$scratch/out2"
 if command -v nfs-cp >/dev/null 2>&1; then
@@ -44,7 +51,9 @@ pid=
 grep -q "stopped cleanly" "$scratch/out2"
 "$bin" print --json "$scratch/data/meta.dev" >"$scratch/print.json"
 grep -q '"errors": \[\]' "$scratch/print.json"
-"$bin" fsck "$scratch/data/meta.dev" "$scratch/data/data.dev" >"$scratch/fsck.out"
+"$bin" fsck "$scratch/data/meta.dev" "$scratch/data/data.dev" >"$scratch/fsck.out" \
+    || { cat "$scratch/fsck.out" >&2; false; }
+trap - ERR
 
 echo "== HTTP API and metrics conformance: schemathesis, promtool, prometheus (scripts/http-conformance.sh)"
 ./scripts/http-conformance.sh
