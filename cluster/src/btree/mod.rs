@@ -594,6 +594,89 @@ impl BtreeWriter<'_> {
         Ok(())
     }
 
+    /// Remove every item whose key is below `below`. Subtrees that lie wholly below it are
+    /// freed without their leaves being read; only the path to the leaf holding `below`
+    /// is copied (one block per level), so trimming gives back far more than it takes.
+    /// A tree trimmed of everything becomes empty.
+    pub fn trim_below(&mut self, root: &mut BtreeRoot, below: &Key) -> Result<(), BtreeError> {
+        check_root(root)?;
+        if root.is_empty() || *below == Key::MIN {
+            return Ok(());
+        }
+        let top = self.cow(root.block, root.height - 1)?;
+        root.block = self.dirty_ref(top);
+        self.trim_node(top, below)?;
+        // Collapse parents left with one child, and a tree left with nothing.
+        loop {
+            let top = root.block.blkno.get();
+            let n = self.node(top);
+            if n.items.is_empty() {
+                self.drop_node(top)?;
+                *root = BtreeRoot::default();
+                return Ok(());
+            }
+            if root.height > 1 && n.items.len() == 1 {
+                let child = n.child(0);
+                self.drop_node(top)?;
+                *root = BtreeRoot::new(child, root.height - 1);
+                if self.dirty.get(root.block).is_none() {
+                    return Ok(());
+                }
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    /// [`BtreeWriter::trim_below`] in the dirty node `blkno`.
+    fn trim_node(&mut self, blkno: u64, below: &Key) -> Result<(), BtreeError> {
+        let n = self.node(blkno);
+        // A parent's item key is the greatest key of its child: children before the first
+        // key at or above `below` hold nothing at or above it.
+        let cut = n.lower_bound(below);
+        if n.level == 0 {
+            let n = self.node_mut(blkno);
+            for _ in 0..cut {
+                n.remove_at(0);
+            }
+            return Ok(());
+        }
+        let level = n.level - 1;
+        for _ in 0..cut {
+            let r = self.node(blkno).child(0);
+            self.node_mut(blkno).remove_at(0);
+            self.free_subtree(r, level)?;
+        }
+        if self.node(blkno).items.is_empty() {
+            return Ok(());
+        }
+        let child = self.cow_child(blkno, 0)?;
+        self.trim_node(child, below)?;
+        if self.node(child).items.is_empty() {
+            self.drop_node(child)?;
+            self.node_mut(blkno).remove_at(0);
+        }
+        Ok(())
+    }
+
+    /// Free the subtree at `r` (a block of `level`): parents are read, leaves only freed.
+    fn free_subtree(&mut self, r: BlockRef, level: u8) -> Result<(), BtreeError> {
+        if level > 0 {
+            let node = node_at(self.md, Some(&*self.dirty), r, level)?;
+            let children: Vec<BlockRef> = (0..node.len()).map(|i| node.child(i)).collect();
+            drop(node);
+            for c in children {
+                self.free_subtree(c, level - 1)?;
+            }
+        }
+        if self.dirty.get(r).is_some() {
+            self.drop_node(r.blkno.get())?;
+        } else {
+            self.alloc.free_meta(r.blkno.get())?;
+        }
+        Ok(())
+    }
+
     fn node(&self, blkno: u64) -> &Node {
         &self.dirty.nodes[&blkno]
     }

@@ -114,6 +114,7 @@ enum Op {
     Lookup(u32),
     Next(u32),
     Prev(u32),
+    TrimBelow(u32),
     Commit,
 }
 
@@ -127,6 +128,8 @@ fn op_strategy(keys: u32) -> impl Strategy<Value = Op> {
         2 => (0..keys).prop_map(Op::Lookup),
         1 => (0..keys).prop_map(Op::Next),
         1 => (0..keys).prop_map(Op::Prev),
+        // Low keys, so that a trim takes a part of the tree rather than most of it.
+        1 => (0..keys / 8).prop_map(Op::TrimBelow),
         1 => Just(Op::Commit),
     ]
 }
@@ -209,6 +212,10 @@ fn run_ops(ops: &[Op], bulk: u32) {
                     model.range(..=key(k)).next_back().map(|(_, v)| v)
                 );
             }
+            Op::TrimBelow(k) => {
+                w.trim_below(&mut root, &key(k)).unwrap();
+                model.retain(|have, _| *have >= key(k));
+            }
             Op::Commit => {
                 seq += 1;
                 dirty.write(&md, seq).unwrap();
@@ -238,6 +245,68 @@ proptest! {
     fn two_level_btree_matches_a_btreemap_model(ops in proptest::collection::vec(op_strategy(1200), 1..400)) {
         run_ops(&ops, 300);
     }
+}
+
+/// A merge trims its input trees below the key it reached after every slice: across a
+/// three-level tree, each trim leaves exactly the items at or above the key, frees every
+/// block it no longer references, copies no more than one block per level, and a trim
+/// past the last key leaves an empty tree.
+#[test]
+fn trimming_below_a_key_frees_what_it_passes_and_copies_one_path() {
+    let (_f, md) = test_dev(1 << 16);
+    let mut alloc = CheckedAlloc::new(2, 1 << 16);
+    let mut dirty = Dirty::new(1);
+    let mut root = BtreeRoot::default();
+    let mut model: BTreeMap<Key, Item> = BTreeMap::new();
+    {
+        let mut w = BtreeWriter {
+            md: &md,
+            dirty: &mut dirty,
+            alloc: &mut alloc,
+        };
+        for n in 0..40_000 {
+            let it = item(n, BTREE_MAX_VAL_LEN, n as u8);
+            w.put(&mut root, it.clone()).unwrap();
+            model.insert(it.key, it);
+        }
+    }
+    let mut seq = 2;
+    dirty.write(&md, seq).unwrap();
+    alloc.commit();
+    assert_eq!(root.height, 3, "the test needs a three-level tree");
+    for below in [
+        0, 1, 2, 5_000, 5_001, 14_999, 22_222, 39_998, 39_999, 40_000, 50_000,
+    ] {
+        let before = alloc.in_use.len();
+        let height = root.height as usize;
+        {
+            let mut w = BtreeWriter {
+                md: &md,
+                dirty: &mut dirty,
+                alloc: &mut alloc,
+            };
+            w.trim_below(&mut root, &key(below)).unwrap();
+        }
+        model.retain(|have, _| *have >= key(below));
+        check_model(&md, Some(&dirty), &root, &model);
+        check_blocks(&md, Some(&dirty), &root, &alloc);
+        assert!(
+            alloc.in_use.len() <= before,
+            "trim below {below} grew the tree from {before} to {} blocks",
+            alloc.in_use.len()
+        );
+        assert!(
+            dirty.len() <= height,
+            "trim below {below} copied {} blocks in a tree of height {height}",
+            dirty.len()
+        );
+        seq += 1;
+        dirty.write(&md, seq).unwrap();
+        alloc.commit();
+        check_model(&md, None, &root, &model);
+    }
+    assert!(root.is_empty(), "trimmed past the last key");
+    assert!(alloc.in_use.is_empty());
 }
 
 #[test]
