@@ -357,6 +357,14 @@ impl Client {
         Ok(self.meta_room().is_some_and(|room| room >= need))
     }
 
+    /// Whether the roots last sampled name finalized log trees with items: a merge is due
+    /// that may give metadata space back (what their removals freed).
+    pub fn merges_pending(&self) -> bool {
+        self.log_trees
+            .iter()
+            .any(|lt| lt.is_finalized() && !lt.item_root.is_empty())
+    }
+
     /// Record a changed item in the open transaction (opened by the caller).
     fn change(&mut self, item: Item) {
         let (key, len) = (item.key, item.val.len());
@@ -966,8 +974,8 @@ impl Client {
 /// that left the forest before it was finalized, or more trees merged than the trees with
 /// items that this client saw leave (a tree it never saw was committed and merged in
 /// between), or another server. Merges of trees it saw finalized (fs_root changing, the
-/// trees leaving) change nothing a read returns, and this client's own commits update its
-/// item cache themselves.
+/// trees trimmed as merged and then leaving) change nothing a read returns, and this
+/// client's own commits update its item cache themselves.
 fn foreign_changes(rid: u64, old: (&Roots, &[LogTrees]), new: (&Roots, &[LogTrees])) -> bool {
     let ((old_roots, old), (new_roots, new)) = (old, new);
     if old_roots.server_incarnation != new_roots.server_incarnation {
@@ -978,8 +986,12 @@ fn foreign_changes(rid: u64, old: (&Roots, &[LogTrees]), new: (&Roots, &[LogTree
         .iter()
         .filter(|lt| lt.rid.get() != rid && !lt.item_root.is_empty())
         .any(|lt| {
-            !old.iter()
-                .any(|o| same(o, lt) && o.item_root == lt.item_root)
+            // A tree seen finalized changes only by a merge giving back what it has
+            // merged into fs_root (`Server::trim_merged_inputs`): reads return the same.
+            !old.iter().any(|o| {
+                same(o, lt)
+                    && (o.item_root == lt.item_root || (o.is_finalized() && lt.is_finalized()))
+            })
         });
     let mut seen_leave = 0u64;
     for o in old.iter().filter(|o| !o.item_root.is_empty()) {

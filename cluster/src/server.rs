@@ -147,13 +147,67 @@ pub struct Server {
     merge: Option<MergeState>,
 }
 
-/// A merge under way: its input trees (record key and item root), the seq below which a
-/// merged deletion may drop its key, and the next key to merge (`None`: all merged).
+/// A merge under way: its input trees (record key and item root) and the next key to
+/// merge (`None`: all merged).
 #[derive(Debug)]
 struct MergeState {
     inputs: Vec<(Key, BtreeRoot)>,
-    oldest_unmerged: u64,
     next: Option<Key>,
+}
+
+/// The log trees with items that a merge does not take in, as committed when a slice
+/// starts (the server's lock keeps them so for the slice), with their bloom blocks: what
+/// decides whether a merged deletion must stay in fs_root as a tombstone.
+struct Unmerged {
+    trees: Vec<(BtreeRoot, Option<Arc<scoutgw_blockdev::CachedBlock>>)>,
+}
+
+impl Unmerged {
+    fn new(
+        md: &MetaDev,
+        lts: &[LogTrees],
+        inputs: &[(Key, BtreeRoot)],
+    ) -> Result<Self, ServerError> {
+        let mut trees = Vec::new();
+        for lt in lts {
+            if lt.item_root.is_empty() || inputs.iter().any(|(k, _)| *k == lt.key()) {
+                continue;
+            }
+            let bloom = if lt.bloom_ref.is_null() {
+                None
+            } else {
+                Some(
+                    md.read_ref(crate::format::KIND_BLOOM, lt.bloom_ref)
+                        .map_err(|e| ServerError::Corrupt(e.to_string()))?,
+                )
+            };
+            trees.push((lt.item_root, bloom));
+        }
+        Ok(Self { trees })
+    }
+
+    /// Whether an unmerged tree holds a version of `key` no newer than `seq`: a deletion
+    /// of `seq` merged into fs_root must then stay there as a tombstone, or that older
+    /// version would be read again. Versions written later are newer (writing `key` takes
+    /// its lock, whose grant carries a greater write_seq), so committed trees are all
+    /// that need looking at. When the tree holding the older version is merged, the key
+    /// is merged again and the tombstone looked at again.
+    fn hold_older(&self, md: &MetaDev, key: &Key, seq: u64) -> Result<bool, ServerError> {
+        use crate::format::bloom::{bloom_bits, test_bit, BloomBlockHeader};
+        let bits = bloom_bits(&crate::lock_names::lock_start(key));
+        for (root, bloom) in &self.trees {
+            if let Some(block) = bloom {
+                let set = &block.data.as_slice()[core::mem::size_of::<BloomBlockHeader>()..];
+                if !bits.iter().all(|b| test_bit(set, *b)) {
+                    continue;
+                }
+            }
+            if btree::lookup(md, None, root, key)?.is_some_and(|it| it.seq <= seq) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
 }
 
 /// What one [`Server::merge_step`] did.
@@ -881,8 +935,9 @@ impl Server {
     ///
     /// Merged items keep their seq in `fs_root`, so readers still pick the newest version
     /// across `fs_root` and the unmerged trees. A merged deletion stays in `fs_root` as a
-    /// tombstone while an unmerged tree could hold an older version of its key (its
-    /// `first_trans_seq` is not above the deletion's seq); otherwise it removes the key.
+    /// tombstone while an unmerged tree holds an older version of its key (found through
+    /// the trees' bloom filters and a lookup, see `Unmerged`); otherwise it removes the key.
+    /// A tombstone kept is looked at again when that tree is merged.
     pub fn merge_finalized(&mut self) -> Result<usize, ServerError> {
         let mut merged = 0;
         loop {
@@ -931,20 +986,12 @@ impl Server {
                 self.finalize_all()?;
                 lts = all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)?;
             }
-            let (inputs, others): (Vec<LogTrees>, Vec<LogTrees>) =
-                lts.into_iter().partition(|lt| lt.is_finalized());
+            let inputs: Vec<LogTrees> = lts.into_iter().filter(|lt| lt.is_finalized()).collect();
             if inputs.is_empty() {
                 return Ok(MergeStep::Idle);
             }
-            let oldest_unmerged = others
-                .iter()
-                .filter(|lt| lt.first_trans_seq.get() != 0)
-                .map(|lt| lt.first_trans_seq.get())
-                .min()
-                .unwrap_or(u64::MAX);
             self.merge = Some(MergeState {
                 inputs: inputs.iter().map(|lt| (lt.key(), lt.item_root)).collect(),
-                oldest_unmerged,
                 next: Some(Key::MIN),
             });
         }
@@ -967,8 +1014,9 @@ impl Server {
         max_items: usize,
         deadline: Option<std::time::Instant>,
     ) -> Result<MergeStep, ServerError> {
-        let oldest_unmerged = state.oldest_unmerged;
         if let Some(from) = state.next {
+            let lts = all_log_trees(&self.md, Some(&self.dirty), &self.sb.logs_root)?;
+            let unmerged = Unmerged::new(&self.md, &lts, &state.inputs)?;
             // Merge items in key order; for each key the greatest seq wins.
             let mut cursors: Vec<LeafCursor> = state
                 .inputs
@@ -1023,8 +1071,9 @@ impl Server {
                 };
                 let seq = win.seq;
                 let deletion = win.flags & crate::format::btree::ITEM_FLAG_DELETION != 0;
-                let replaced = if deletion && seq < oldest_unmerged {
-                    w.remove(&mut self.sb.fs_root, &win.key)?
+                let key = win.key;
+                let replaced = if deletion && !unmerged.hold_older(w.md, &key, seq)? {
+                    w.remove(&mut self.sb.fs_root, &key)?
                 } else {
                     let mut merged = win;
                     merged.flags &= crate::format::btree::ITEM_FLAG_DELETION;
@@ -1033,11 +1082,19 @@ impl Server {
                 // Trees are merged as they are finalized, not in seq order: fs_root may
                 // already have held a newer version (from a tree merged earlier), which must
                 // win. Rare, so it is put back rather than looked up before every change.
+                // A newer tombstone was kept for an older version in a tree not merged
+                // then, maybe the one merged now: it goes once no unmerged tree holds one.
                 if let Some(newer) = replaced.filter(|r| r.seq > seq) {
-                    w.put(&mut self.sb.fs_root, newer)?;
+                    let tombstone = newer.flags & crate::format::btree::ITEM_FLAG_DELETION != 0;
+                    if tombstone && !unmerged.hold_older(w.md, &key, newer.seq)? {
+                        w.remove(&mut self.sb.fs_root, &key)?;
+                    } else {
+                        w.put(&mut self.sb.fs_root, newer)?;
+                    }
                 }
             };
-            if state.next.is_some() {
+            if let Some(next) = state.next {
+                self.trim_merged_inputs(&mut state, &next)?;
                 self.merge = Some(state);
                 // Committed here, so that the next request does not write the slice's
                 // blocks on its caller's time.
@@ -1082,6 +1139,45 @@ impl Server {
         self.commit()?;
         self.trees_merged += merged as u64;
         Ok(MergeStep::Merged(merged))
+    }
+
+    /// Give back the part of a merge's inputs that its slices have passed: every key below
+    /// `next` is in fs_root now, in the same commit, so the inputs are trimmed below it
+    /// (their records follow). Without this a merge held two copies of what it had merged
+    /// until its last slice, and on a nearly full device a merge that ran out of room half
+    /// way could never finish (and so never free what removals had deleted).
+    fn trim_merged_inputs(
+        &mut self,
+        state: &mut MergeState,
+        next: &Key,
+    ) -> Result<(), ServerError> {
+        for (key, root) in state.inputs.iter_mut() {
+            let Some(found) = btree::lookup(&self.md, Some(&self.dirty), &self.sb.logs_root, key)?
+            else {
+                continue;
+            };
+            let mut lt = decode_log_trees(&found)?;
+            if lt.item_root != *root {
+                return Err(ServerError::Corrupt(format!(
+                    "log_trees {:016x}.{} changed while it was merged",
+                    lt.rid.get(),
+                    lt.nr.get()
+                )));
+            }
+            // A copy of one path of the input and of logs_root: the server's reserve
+            // covers it, and the trim frees more than that once committed.
+            let copies = root.height as u64 + self.sb.logs_root.height as u64 + 4;
+            self.ensure_server_avail(copies)?;
+            let mut w = BtreeWriter {
+                md: &self.md,
+                dirty: &mut self.dirty,
+                alloc: &mut self.alloc,
+            };
+            w.trim_below(&mut lt.item_root, next)?;
+            *root = lt.item_root;
+            self.store_log_trees(&lt)?;
+        }
+        Ok(())
     }
 
     /// Write the open server transaction and a new super block; durable when this returns.

@@ -274,6 +274,67 @@ fn merging_one_tree_keeps_deletions_that_hide_older_items_in_unmerged_trees() {
     fs.assert_fsck_clean();
 }
 
+/// Every item fs_root holds in the test key range, tombstones included.
+fn fs_root_items(server: &LocalServer) -> usize {
+    server.with(|s| {
+        let roots = s.roots();
+        scoutgw_cluster::btree::range(s.meta_dev(), None, &roots.fs_root, &lo(), &hi())
+            .unwrap()
+            .len()
+    })
+}
+
+/// A merged deletion leaves a tombstone in fs_root only while an unmerged tree holds an
+/// older version of its key, and the tombstone goes when that tree is merged; a deletion
+/// of a key no unmerged tree holds leaves nothing, however old the other trees are.
+/// (Tombstones used to stay whenever any other mount had written since before the
+/// deletion, and were never removed: deleting files on one node while another wrote
+/// leaked fs_root space for good.)
+#[test]
+fn merged_deletions_keep_a_tombstone_only_while_an_older_version_is_unmerged() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    let mut b = fs.client(&server, 2);
+    // k1 is merged into fs_root first; k2 stays in A's unmerged tree.
+    b.put(key(1), b"merged".to_vec(), 0).unwrap();
+    b.commit().unwrap();
+    server.with(|s| s.request_merge()).unwrap();
+    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
+    a.put(key(2), b"unmerged".to_vec(), 0).unwrap();
+    a.put(key(3), b"also unmerged".to_vec(), 0).unwrap();
+    a.commit().unwrap();
+    a.begin().unwrap();
+    b.refresh_roots().unwrap();
+    b.delete(key(1), 0).unwrap();
+    b.delete(key(2), 0).unwrap();
+    b.commit().unwrap();
+    // Only B's tree is finalized: A has a transaction open.
+    server.with(|s| s.request_merge()).unwrap();
+    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
+    assert_eq!(
+        fs_root_items(&server),
+        1,
+        "k1 removed outright; k2 kept as a tombstone over A's unmerged version"
+    );
+    let mut c = fs.client(&server, 3);
+    assert_eq!(c.get(&key(1)).unwrap(), None);
+    assert_eq!(c.get(&key(2)).unwrap(), None, "the tombstone hides A's k2");
+    a.sync().unwrap();
+    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
+    assert_eq!(
+        fs_root_items(&server),
+        1,
+        "A's k2 met the tombstone and both went; k3 is all that is left"
+    );
+    c.refresh_roots().unwrap();
+    assert_eq!(c.get(&key(2)).unwrap(), None);
+    assert_eq!(c.get(&key(3)).unwrap(), Some(b"also unmerged".to_vec()));
+    drop((a, b, c));
+    drop(server);
+    fs.assert_fsck_clean();
+}
+
 #[test]
 fn data_extents_come_from_the_client_and_return_on_free() {
     let fs = Fs::new();

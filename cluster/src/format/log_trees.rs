@@ -46,9 +46,7 @@ pub struct LogTrees {
     pub flags: U64,
     /// Inodes created minus inodes deleted in this tree.
     pub inode_count_delta: U64,
-    /// Seq of the first transaction that wrote to this tree: no item in it is older. A
-    /// deletion merged into fs_root may drop its tombstone only when it is older than every
-    /// unmerged tree's first_trans_seq.
+    /// Seq of the first transaction that wrote to this tree: no item in it is older.
     pub first_trans_seq: U64,
     pub _reserved: [U64; 7],
 }
