@@ -133,6 +133,11 @@ pub(crate) const OP_META_BLOCKS: u64 = 32;
 /// Room that operations which grow what is stored leave for [`SpaceUse::Bounded`] ones:
 /// enough for a few of them, and for their transaction to commit.
 pub(crate) const BOUNDED_RESERVE: u64 = 96;
+/// How long an operation short of metadata room waits for pending merges to give space
+/// back (removals free their blocks only when merged) before it fails with ENOSPC.
+pub const SPACE_WAIT: Duration = Duration::from_secs(3);
+/// How often an operation waiting for metadata room tries again.
+const SPACE_WAIT_POLL: Duration = Duration::from_millis(20);
 
 /// Locks held by one operation, released on drop.
 pub(crate) struct Held<'a> {
@@ -257,7 +262,13 @@ impl Fs {
         if !inner.client.has_meta_room(room)? {
             self.commit_locked(inner)?;
             if !inner.client.has_meta_room(room)? {
-                return Err(FsError::NoSpace);
+                // Removals give their space back only once merged: while a merge is due,
+                // wait for it (see `Fs::retry`) rather than fail at once.
+                return Err(if inner.client.merges_pending() {
+                    FsError::SpaceWait
+                } else {
+                    FsError::NoSpace
+                });
             }
         }
         if cfg!(debug_assertions) {
@@ -308,6 +319,7 @@ impl Fs {
         &self,
         mut op: impl FnMut() -> Result<R, FsError>,
     ) -> Result<R, FsError> {
+        let mut space_wait_since = None;
         loop {
             if self.is_failed() {
                 return Err(ClientError::Failed.into());
@@ -317,6 +329,13 @@ impl Fs {
                     .locks
                     .wait_grant(&key, mode)
                     .map_err(|e| FsError::Io(e.to_string()))?,
+                Err(FsError::SpaceWait) => {
+                    let since = *space_wait_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= SPACE_WAIT {
+                        return Err(FsError::NoSpace);
+                    }
+                    std::thread::sleep(SPACE_WAIT_POLL);
+                }
                 other => return other,
             }
         }

@@ -54,6 +54,12 @@ pub enum FsError {
         key: crate::format::Key,
         mode: crate::lock::LockMode,
     },
+    /// Internal: the operation lacks metadata room while merges that may give space back
+    /// are pending. `Fs` operations catch it, wait a little without the mount mutex and
+    /// start over, for at most [`crate::fs::SPACE_WAIT`]; then it is [`FsError::NoSpace`].
+    #[doc(hidden)]
+    #[error("waiting for merges to give metadata space back")]
+    SpaceWait,
 }
 
 impl FsError {
@@ -79,6 +85,7 @@ impl FsError {
             FsError::Io(_) => libc_errno::EIO,
             FsError::Corrupt(_) => libc_errno::EIO,
             FsError::LockWait { .. } => libc_errno::EAGAIN,
+            FsError::SpaceWait => libc_errno::ENOSPC,
         }
     }
 }

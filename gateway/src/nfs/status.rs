@@ -16,7 +16,8 @@ pub fn nfs_status(err: &FsError) -> nfsstat3 {
         FsError::NotEmpty => NFS3ERR_NOTEMPTY,
         FsError::NameTooLong => NFS3ERR_NAMETOOLONG,
         FsError::Invalid(_) | FsError::Range | FsError::NoAttr => NFS3ERR_INVAL,
-        FsError::NoSpace => NFS3ERR_NOSPC,
+        // SpaceWait is never returned by `Fs` (it waits for merges itself, then says NoSpace).
+        FsError::NoSpace | FsError::SpaceWait => NFS3ERR_NOSPC,
         FsError::TooBig => NFS3ERR_FBIG,
         FsError::TooManyLinks => NFS3ERR_MLINK,
         FsError::Stale => NFS3ERR_STALE,
