@@ -336,6 +336,15 @@ impl Client {
         self.items.len()
     }
 
+    /// Whether the open transaction changed anything (items, blocks, allocators). `false`
+    /// when none is open, or it is one [`Client::commit_and_open_next`] opened and nothing
+    /// has used yet: committing it would make nothing durable that is not already.
+    pub fn has_changes(&self) -> bool {
+        self.trans
+            .as_ref()
+            .is_some_and(|t| !self.items.is_empty() || !t.untouched())
+    }
+
     fn call(&self, req: Request) -> Result<Response, ClientError> {
         Ok(self.link.call(self.rid, req)?)
     }
@@ -902,11 +911,7 @@ impl Client {
     /// [`Client::sync`] a mount that went idle. Returns the committed seq; `None` if no
     /// transaction was open or it changed nothing (it then stays open as it is).
     pub fn commit_and_open_next(&mut self) -> Result<Option<u64>, ClientError> {
-        if self
-            .trans
-            .as_ref()
-            .is_some_and(|t| self.items.is_empty() && t.untouched())
-        {
+        if self.trans.is_some() && !self.has_changes() {
             return if self.failed {
                 Err(ClientError::Failed)
             } else {

@@ -352,7 +352,10 @@ impl Fs {
             inner.client.drop_cached_items();
             return Ok(());
         }
-        if matches!(old, LockMode::Write | LockMode::WriteOnly) {
+        // A transaction that changed nothing (opened by a commit that went on to the next,
+        // `Fs::sync_and_continue`) holds nothing the other node must read: it stays open,
+        // costing no commit, as when no transaction was open.
+        if matches!(old, LockMode::Write | LockMode::WriteOnly) && inner.client.has_changes() {
             self.commit_locked(&mut inner, AfterCommit::Close)?;
         } else {
             drop(self.data_readers.write().unwrap_or_else(|p| p.into_inner()));
