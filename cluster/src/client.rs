@@ -6,8 +6,12 @@
 //! change items in memory, and [`Client::commit`] writes them copy-on-write into the client's
 //! own log btree, makes every block durable, and sends `CommitLogTrees`. The next transaction
 //! opens at the next change ([`Client::begin`]), so an idle mount holds no open transaction
-//! and never holds back the stable seq horizon. A commit request is only ever sent for a
-//! transaction a `GetLogTrees` opened.
+//! and never holds back the stable seq horizon. A caller that expects more changes soon
+//! commits with [`Client::commit_and_open_next`] instead: `CommitLogTreesOpenNext` commits
+//! and opens the next transaction in one server commit, and the mount keeps it open until
+//! its next commit (whoever calls that bounds how long it holds the horizon back). A commit
+//! request is only ever sent for a transaction a `GetLogTrees` (or `CommitLogTreesOpenNext`)
+//! opened.
 //!
 //! Reads merge, for each key: the open transaction's items, then every log tree and
 //! `fs_root`; the version with the greatest seq wins and a deletion item hides older
@@ -161,6 +165,20 @@ struct Trans {
     dirty: Dirty,
     /// What putting the changed items into the log tree at commit can allocate.
     cost: PutCost,
+    /// The avail list's length when the transaction opened (see [`Trans::untouched`]).
+    avail_at_open: usize,
+}
+
+impl Trans {
+    /// Whether the transaction changed nothing: no block written or freed, no block taken
+    /// from its avail list (the caller checks it has no changed items; the list blocks
+    /// themselves change only at commit). Its record is then still the one the server
+    /// stored when it opened it, naming only durable blocks.
+    fn untouched(&self) -> bool {
+        self.dirty.is_empty()
+            && self.alloc.freed.is_empty()
+            && self.alloc.avail.len() == self.avail_at_open
+    }
 }
 
 /// Blocks that committing `t` can allocate from its avail list: the items' puts into the log
@@ -318,6 +336,15 @@ impl Client {
         self.items.len()
     }
 
+    /// Whether the open transaction changed anything (items, blocks, allocators). `false`
+    /// when none is open, or it is one [`Client::commit_and_open_next`] opened and nothing
+    /// has used yet: committing it would make nothing durable that is not already.
+    pub fn has_changes(&self) -> bool {
+        self.trans
+            .as_ref()
+            .is_some_and(|t| !self.items.is_empty() || !t.untouched())
+    }
+
     fn call(&self, req: Request) -> Result<Response, ClientError> {
         Ok(self.link.call(self.rid, req)?)
     }
@@ -327,10 +354,16 @@ impl Client {
             Response::LogTrees(lt) => *lt,
             other => return Err(ClientError::Protocol(format!("{other:?} to GetLogTrees"))),
         };
+        self.start_trans(lt)
+    }
+
+    /// Take up the transaction the server opened as `lt`.
+    fn start_trans(&mut self, lt: LogTrees) -> Result<(), ClientError> {
         let avail = MetaList::load(&self.md, &lt.meta_avail)?;
         let freed = MetaList::load(&self.md, &lt.meta_freed)?;
         self.trans = Some(Trans {
             dirty: Dirty::new(lt.get_trans_seq.get()),
+            avail_at_open: avail.len(),
             alloc: ListAlloc::new(avail, freed),
             cost: PutCost::new(&self.md, &lt.item_root)?,
             lt,
@@ -385,13 +418,21 @@ impl Client {
     /// Sample the last committed roots and the log trees they name. The item cache is
     /// emptied if they show another client's commits (see `foreign_changes`).
     pub fn refresh_roots(&mut self) -> Result<(), ClientError> {
+        self.use_roots(None)
+    }
+
+    /// Take up `given` roots (a commit's answer carried them), or those `GetRoots` answers.
+    fn use_roots(&mut self, mut given: Option<Roots>) -> Result<(), ClientError> {
         // The server may rewrite logs_root's blocks (committing for another client) between
         // handing out the roots and this read of them: a stale block means newer roots.
         let mut tries = 0;
         let (roots, log_trees) = loop {
-            let roots = match self.call(Request::GetRoots)? {
-                Response::Roots(r) => r,
-                other => return Err(ClientError::Protocol(format!("{other:?} to GetRoots"))),
+            let roots = match given.take() {
+                Some(r) => r,
+                None => match self.call(Request::GetRoots)? {
+                    Response::Roots(r) => r,
+                    other => return Err(ClientError::Protocol(format!("{other:?} to GetRoots"))),
+                },
             };
             match read_log_trees(&self.md, None, &roots.logs_root) {
                 Ok(lts) => break (roots, lts?),
@@ -864,15 +905,38 @@ impl Client {
     }
 
     /// Commit the open transaction even if it changed nothing (the server asked for it, to
-    /// finalize the client's log tree).
+    /// finalize the client's log tree; or it is an empty one [`Client::commit_and_open_next`]
+    /// opened, which this closes). Leaves no transaction open.
     pub fn sync(&mut self) -> Result<Option<u64>, ClientError> {
+        self.commit_with(false)
+    }
+
+    /// Write the open transaction durably and open the next one in the same server commit
+    /// (`CommitLogTreesOpenNext`): three device flushes and one request to the server
+    /// instead of five flushes and three requests for a commit and the next change's
+    /// `GetLogTrees`. For callers that expect more changes soon: the open transaction holds
+    /// back the stable seq horizon until the next commit, so whoever uses this must also
+    /// [`Client::sync`] a mount that went idle. Returns the committed seq; `None` if no
+    /// transaction was open or it changed nothing (it then stays open as it is).
+    pub fn commit_and_open_next(&mut self) -> Result<Option<u64>, ClientError> {
+        if self.trans.is_some() && !self.has_changes() {
+            return if self.failed {
+                Err(ClientError::Failed)
+            } else {
+                Ok(None)
+            };
+        }
+        self.commit_with(true)
+    }
+
+    fn commit_with(&mut self, open_next: bool) -> Result<Option<u64>, ClientError> {
         if self.failed {
             return Err(ClientError::Failed);
         }
         if self.trans.is_none() {
             return Ok(None);
         }
-        match self.commit_inner() {
+        match self.commit_inner(open_next) {
             Ok(seq) => Ok(Some(seq)),
             Err(e) => {
                 tracing::error!("commit failed, the mount must be restarted: {e}");
@@ -882,9 +946,14 @@ impl Client {
         }
     }
 
-    fn commit_inner(&mut self) -> Result<u64, ClientError> {
+    fn commit_inner(&mut self, open_next: bool) -> Result<u64, ClientError> {
         let mut t = self.trans.take().ok_or(ClientError::Failed)?;
         let seq = t.lt.get_trans_seq.get();
+        if self.items.is_empty() && t.untouched() {
+            // Nothing to write: the record the server stored at open names durable blocks
+            // only, and committing it as it is closes the transaction (no client flush).
+            return self.send_commit(t.lt, open_next).map(|()| seq);
+        }
         let (bound, avail_before) = (commit_blocks(&t), t.alloc.avail.len() as u64);
         let mut root = t.lt.item_root;
         let mut max_seq = t.lt.max_item_seq.get();
@@ -943,20 +1012,45 @@ impl Client {
         t.lt.max_item_seq = max_seq.into();
         t.lt.meta_avail = avail;
         t.lt.meta_freed = freed;
-        match self.call(Request::CommitLogTrees(Box::new(t.lt)))? {
-            Response::Committed => {}
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "{other:?} to CommitLogTrees"
-                )))
+        self.send_commit(t.lt, open_next)?;
+        Ok(seq)
+    }
+
+    /// Send the written transaction's record; then the committed items are the item cache's,
+    /// the roots are sampled again, and with `open_next` the next transaction is open.
+    fn send_commit(&mut self, lt: LogTrees, open_next: bool) -> Result<(), ClientError> {
+        let (next, roots) = if open_next {
+            match self.call(Request::CommitLogTreesOpenNext(Box::new(lt)))? {
+                Response::CommittedNext { next, roots } => (next, Some(roots)),
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "{other:?} to CommitLogTreesOpenNext"
+                    )))
+                }
             }
-        }
+        } else {
+            match self.call(Request::CommitLogTrees(Box::new(lt)))? {
+                Response::Committed => (None, None),
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "{other:?} to CommitLogTrees"
+                    )))
+                }
+            }
+        };
         for it in self.items.values() {
             self.cache.committed(it);
         }
         self.items.clear();
-        self.refresh_roots()?;
-        Ok(seq)
+        self.use_roots(roots)?;
+        if let Some(next) = next {
+            if let Err(e) = self.start_trans(*next) {
+                // The commit is durable; the next change asks for the transaction again
+                // (`GetLogTrees` answers the one the server opened).
+                tracing::warn!("taking up the next transaction failed: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// Commit what is open and leave: the server reclaims this mount's state.

@@ -3,8 +3,9 @@
 //! Every call a client makes to the server is one [`Request`] answered by one [`Response`].
 //! The server identifies the caller by the rid it greeted with. Every handler copes with a
 //! request it has already processed (a client resends unanswered requests after reconnecting
-//! to a new server): `GetLogTrees` and `CommitLogTrees` recognise resends through the
-//! `get_trans_seq` / `commit_trans_seq` pair of the stored `log_trees` record (seed 004),
+//! to a new server): `GetLogTrees`, `CommitLogTrees` and `CommitLogTreesOpenNext` recognise
+//! resends through the `get_trans_seq` / `commit_trans_seq` pair of the stored `log_trees`
+//! record (seed 004),
 //! `Greeting` and `Farewell` are idempotent by construction. Today the messages are delivered
 //! in process; the TCP transport adds framing, not new semantics.
 
@@ -32,6 +33,10 @@ pub enum Request {
     GetLogTrees,
     /// The client's transaction is written: record its new log_trees.
     CommitLogTrees(Box<LogTrees>),
+    /// `CommitLogTrees`, then open the client's next transaction as `GetLogTrees` would, in
+    /// the same server commit; answered by [`Response::CommittedNext`]. A resend after the
+    /// server applied it (lost reply, new server) gets the same next transaction back.
+    CommitLogTreesOpenNext(Box<LogTrees>),
     /// The roots readers merge: the last committed fs_root and logs_root.
     GetRoots,
     /// The stable sequence horizon: no open transaction can write an item at or below it.
@@ -123,6 +128,14 @@ pub enum Response {
     },
     LogTrees(Box<LogTrees>),
     Committed,
+    /// The answer to `CommitLogTreesOpenNext`: the transaction is committed, `next` is the
+    /// client's next open transaction (`None` when the server could not open one now: the
+    /// client opens it with `GetLogTrees` at its next change), and `roots` are those of the
+    /// server commit that made both durable (what `GetRoots` would answer).
+    CommittedNext {
+        next: Option<Box<LogTrees>>,
+        roots: Roots,
+    },
     Roots(Roots),
     LastSeq(u64),
     Statfs(Statfs),

@@ -369,6 +369,7 @@ impl Server {
                 .get_log_trees(rid)
                 .map(|lt| Response::LogTrees(Box::new(lt))),
             Request::CommitLogTrees(lt) => self.commit_log_trees(rid, &lt),
+            Request::CommitLogTreesOpenNext(lt) => self.commit_log_trees_open_next(rid, &lt),
             Request::GetRoots => Ok(Response::Roots(self.roots())),
             Request::GetLastSeq => self.last_seq().map(Response::LastSeq),
             Request::Statfs => self.statfs().map(Response::Statfs),
@@ -641,6 +642,16 @@ impl Server {
     }
 
     fn get_log_trees(&mut self, rid: u64) -> Result<LogTrees, ServerError> {
+        let (lt, changed) = self.open_log_trees(rid)?;
+        if changed {
+            self.commit()?;
+        }
+        Ok(lt)
+    }
+
+    /// The body of `GetLogTrees`, not committed: open the next transaction of `rid` (or
+    /// find the one a resent request opened already: then `false`, nothing changed).
+    fn open_log_trees(&mut self, rid: u64) -> Result<(LogTrees, bool), ServerError> {
         let mut lt = match self.last_log_trees(rid)? {
             Some(lt) if !lt.is_finalized() => lt,
             Some(mut fin) => {
@@ -670,7 +681,7 @@ impl Server {
         };
         if lt.trans_open() {
             // A resent request: the transaction is already open; answer as before.
-            return Ok(lt);
+            return Ok((lt, false));
         }
         if lt.get_trans_seq.get() < lt.commit_trans_seq.get() {
             return Err(ServerError::Corrupt(format!(
@@ -765,11 +776,78 @@ impl Server {
             lt.first_trans_seq = lt.get_trans_seq;
         }
         self.store_log_trees(&lt)?;
-        self.commit()?;
-        Ok(lt)
+        Ok((lt, true))
     }
 
     fn commit_log_trees(&mut self, rid: u64, sent: &LogTrees) -> Result<Response, ServerError> {
+        if self.stage_commit_log_trees(rid, sent)? {
+            self.commit()?;
+        }
+        Ok(Response::Committed)
+    }
+
+    /// `CommitLogTrees` and `GetLogTrees` in one server commit: the client's transaction is
+    /// recorded (finalizing its tree when due), then its next one opened, and one commit
+    /// makes both durable before the answer. Two device flushes instead of four, and no
+    /// `GetLogTrees` or `GetRoots` round trip: the answer carries the roots.
+    ///
+    /// A resend after the server (this one or a previous one) applied it finds the client's
+    /// newest record open with `commit_trans_seq` = the sent transaction's seq, and answers
+    /// with that record: the same next transaction, never a second one (seed 004). The
+    /// client has one commit in flight at a time, so no other request can have opened it.
+    /// When the server lacks the room to open the next transaction, the commit alone is
+    /// made and the answer has no next one (the client asks with `GetLogTrees` at its next
+    /// change, as without this request).
+    fn commit_log_trees_open_next(
+        &mut self,
+        rid: u64,
+        sent: &LogTrees,
+    ) -> Result<Response, ServerError> {
+        if sent.rid.get() != rid {
+            return Err(ServerError::Invalid(format!(
+                "client {rid:016x} committed the log trees of {:016x}",
+                sent.rid.get()
+            )));
+        }
+        if let Some(last) = self.last_log_trees(rid)? {
+            // Its tree may have been finalized at that commit (the next transaction is in
+            // the next tree), and even merged away since.
+            if last.trans_open()
+                && sent.get_trans_seq.get() != 0
+                && last.commit_trans_seq == sent.get_trans_seq
+                && last.nr.get() >= sent.nr.get()
+            {
+                return Ok(Response::CommittedNext {
+                    next: Some(Box::new(last)),
+                    roots: self.roots(),
+                });
+            }
+        }
+        let mut changed = self.stage_commit_log_trees(rid, sent)?;
+        // Room for opening the next transaction on top of what the commit took, checked
+        // before anything of it changes.
+        let next = match self.ensure_server_avail(64 + 16) {
+            Ok(()) => {
+                let (next, opened) = self.open_log_trees(rid)?;
+                changed |= opened;
+                Some(Box::new(next))
+            }
+            Err(ServerError::NoSpace(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if changed {
+            self.commit()?;
+        }
+        Ok(Response::CommittedNext {
+            next,
+            roots: self.roots(),
+        })
+    }
+
+    /// The body of `CommitLogTrees`, not committed: record the client's committed
+    /// transaction, finalizing its tree when due. `false` when a previous copy of the
+    /// request did it already (nothing changed).
+    fn stage_commit_log_trees(&mut self, rid: u64, sent: &LogTrees) -> Result<bool, ServerError> {
         if sent.rid.get() != rid {
             return Err(ServerError::Invalid(format!(
                 "client {rid:016x} committed the log trees of {:016x}",
@@ -793,7 +871,7 @@ impl Server {
         }
         if !stored.trans_open() {
             // Already committed, by us or by a previous server: nothing to do again.
-            return Ok(Response::Committed);
+            return Ok(false);
         }
         let mut new = *sent;
         new.commit_trans_seq = stored.get_trans_seq;
@@ -809,8 +887,7 @@ impl Server {
             new.finalize_seq = self.next_seq.into();
         }
         self.store_log_trees(&new)?;
-        self.commit()?;
-        Ok(Response::Committed)
+        Ok(true)
     }
 
     /// A tree whose bloom filter has more than half its bits set no longer lets readers skip

@@ -9,10 +9,11 @@ use proptest::prelude::*;
 use scoutgw_blockdev::{BlockDevice, DeviceOptions, FileDevice, MetaDev};
 use scoutgw_cluster::client::{Client, LocalServer};
 use scoutgw_cluster::format::key::zone;
+use scoutgw_cluster::format::log_trees::LogTrees;
 use scoutgw_cluster::format::Key;
 use scoutgw_cluster::fsck::fsck;
 use scoutgw_cluster::mkfs::{mkfs, MkfsOptions};
-use scoutgw_cluster::msg::{Request, Response, ServerLink};
+use scoutgw_cluster::msg::{Request, Response, Roots, ServerError, ServerLink, Statfs};
 use scoutgw_cluster::server::{Server, ServerConfig};
 
 struct Fs {
@@ -1175,4 +1176,243 @@ fn a_merge_with_a_time_budget_stops_when_it_is_spent_and_still_progresses() {
     assert_eq!(server.with(|s| s.merge_for(long)).unwrap(), MergeStep::Idle);
     let mut c = fs.client(&server, 3);
     assert_eq!(c.range(&lo(), &hi()).unwrap().len(), 1000);
+}
+
+fn greet(server: &Arc<LocalServer>, rid: u64) {
+    let greet = Request::Greeting {
+        fsid: server.with(|s| s.fsid()),
+        format_version: 1,
+        rid,
+        server_term: 0,
+    };
+    server.call(rid, greet).unwrap();
+}
+
+fn get_log_trees(server: &Arc<LocalServer>, rid: u64) -> LogTrees {
+    match server.call(rid, Request::GetLogTrees).unwrap() {
+        Response::LogTrees(lt) => *lt,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn commit_open_next(
+    server: &Arc<LocalServer>,
+    rid: u64,
+    lt: &LogTrees,
+) -> Result<(Option<LogTrees>, Roots), ServerError> {
+    match server.call(rid, Request::CommitLogTreesOpenNext(Box::new(*lt)))? {
+        Response::CommittedNext { next, roots } => Ok((next.map(|b| *b), roots)),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn statfs(server: &Arc<LocalServer>, rid: u64) -> Statfs {
+    match server.call(rid, Request::Statfs).unwrap() {
+        Response::Statfs(s) => s,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Seed: resent requests are idempotent (seed 004). A `CommitLogTreesOpenNext` resent after
+/// the server applied it (its answer was lost) gets the same next transaction back: no
+/// second one, no other server commit, no blocks handed out twice.
+#[test]
+fn seed_resent_requests_are_idempotent_commit_open_next_answers_the_same_next_transaction() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let rid = 77;
+    greet(&server, rid);
+    let first = get_log_trees(&server, rid);
+    let (next, roots) = commit_open_next(&server, rid, &first).unwrap();
+    let next = next.expect("the next transaction is opened");
+    assert!(next.get_trans_seq.get() > first.get_trans_seq.get());
+    assert_eq!(next.commit_trans_seq, first.get_trans_seq);
+    assert_eq!(roots, server.with(|s| s.roots()));
+    let before = statfs(&server, rid);
+    for _ in 0..3 {
+        let (again, again_roots) = commit_open_next(&server, rid, &first).unwrap();
+        assert_eq!(
+            again,
+            Some(next),
+            "a resend must answer the same next transaction"
+        );
+        assert_eq!(again_roots, roots);
+    }
+    // A resent GetLogTrees (of the transaction the resend opened) agrees.
+    assert_eq!(get_log_trees(&server, rid), next);
+    let after = statfs(&server, rid);
+    assert_eq!(
+        before.committed_seq, after.committed_seq,
+        "no server commit"
+    );
+    assert_eq!(before.free_meta_blocks, after.free_meta_blocks);
+    assert_eq!(before.free_data_blocks, after.free_data_blocks);
+    // Once the next transaction committed too, the old request is no resend of the last one.
+    let (third, _) = commit_open_next(&server, rid, &next).unwrap();
+    assert!(third.unwrap().get_trans_seq.get() > next.get_trans_seq.get());
+    assert!(matches!(
+        commit_open_next(&server, rid, &first),
+        Err(ServerError::WrongTransaction { .. })
+    ));
+    drop(server);
+    fs.assert_fsck_clean();
+}
+
+/// Seed: resent requests are idempotent (seed 004), across a new server: the answer
+/// described durable state, so the next server finds the commit and the next transaction on
+/// the device and answers a resend with that transaction.
+#[test]
+fn seed_resent_requests_are_idempotent_commit_open_next_resent_to_a_new_server() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let rid = 78;
+    greet(&server, rid);
+    let first = get_log_trees(&server, rid);
+    let (next, roots) = commit_open_next(&server, rid, &first).unwrap();
+    drop(server);
+    let server = fs.server();
+    greet(&server, rid);
+    let (again, again_roots) = commit_open_next(&server, rid, &first).unwrap();
+    assert_eq!(again, next);
+    assert_eq!(again_roots.logs_root, roots.logs_root);
+    assert_eq!(again_roots.fs_root, roots.fs_root);
+    // Plain requests agree: the transaction is open, the sent one committed.
+    assert_eq!(get_log_trees(&server, rid), next.unwrap());
+    drop(server);
+    fs.assert_fsck_clean();
+}
+
+/// Seed: resent requests are idempotent (seed 004), when the commit finalized the client's
+/// tree (the next transaction opened in its next tree) and the finalized tree was merged
+/// and its record freed before the resend arrived.
+#[test]
+fn seed_resent_requests_are_idempotent_commit_open_next_after_its_tree_was_finalized_and_merged() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    for n in 0..100 {
+        a.put(key(n), b"a".to_vec(), 0).unwrap();
+    }
+    a.commit().unwrap();
+    drop(a);
+    // Rid 1's next transaction, opened by hand: its tree has items, so a merge request
+    // finalizes it at its commit.
+    let open = get_log_trees(&server, 1);
+    server.with(|s| s.request_merge()).unwrap();
+    let (next, _) = commit_open_next(&server, 1, &open).unwrap();
+    let next = next.unwrap();
+    assert_eq!(next.nr.get(), open.nr.get() + 1, "the next tree starts");
+    assert!(next.item_root.is_empty());
+    assert_eq!(server.with(|s| s.merge_finalized()).unwrap(), 1);
+    let before = statfs(&server, 1);
+    let (again, _) = commit_open_next(&server, 1, &open).unwrap();
+    assert_eq!(again, Some(next));
+    assert_eq!(statfs(&server, 1).committed_seq, before.committed_seq);
+    let mut c = fs.client(&server, 3);
+    assert_eq!(c.get(&key(5)).unwrap(), Some(b"a".to_vec()));
+    drop(c);
+    drop(server);
+    fs.assert_fsck_clean();
+}
+
+/// Counts device flushes (each is an fdatasync of a file device).
+#[derive(Debug)]
+struct CountFlushes {
+    dev: Arc<dyn BlockDevice>,
+    flushes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl BlockDevice for CountFlushes {
+    fn path(&self) -> &Path {
+        self.dev.path()
+    }
+    fn len_bytes(&self) -> u64 {
+        self.dev.len_bytes()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), scoutgw_blockdev::BlockError> {
+        self.dev.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), scoutgw_blockdev::BlockError> {
+        self.dev.write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<(), scoutgw_blockdev::BlockError> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.dev.flush()
+    }
+}
+
+/// A commit that opens the next transaction costs three device flushes (the client's log
+/// tree, the server's super twice) where a commit and the next change's `GetLogTrees` cost
+/// five; the open transaction holds the stable seq back until `sync` closes it, which
+/// writes nothing on the client when it is empty.
+#[test]
+fn a_commit_that_opens_the_next_transaction_costs_three_flushes_and_sync_closes_it() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let fs = Fs::new();
+    let flushes = Arc::new(AtomicU64::new(0));
+    let counted = || -> Arc<dyn BlockDevice> {
+        Arc::new(CountFlushes {
+            dev: open(&fs.meta),
+            flushes: flushes.clone(),
+        })
+    };
+    let cfg = ServerConfig {
+        client_meta_fill: 256,
+        client_meta_low: 128,
+        server_meta_low: 64,
+        server_meta_high: 512,
+        ..ServerConfig::default()
+    };
+    let server = Arc::new(LocalServer::new(Server::open(counted(), cfg).unwrap()));
+    let md = Arc::new(MetaDev::new(counted(), server.with(|s| s.fsid()), 16 << 20));
+    let mut a = Client::mount(md, server.clone(), 1).unwrap();
+    let mut b = fs.client(&server, 2);
+    let count = |f: &mut dyn FnMut()| {
+        let before = flushes.load(Ordering::SeqCst);
+        f();
+        flushes.load(Ordering::SeqCst) - before
+    };
+    // The old way: the change opens the transaction, the commit leaves none open.
+    let lazy = count(&mut || {
+        a.put(key(1), b"1".to_vec(), 0).unwrap();
+        a.commit().unwrap();
+    });
+    assert_eq!(lazy, 5);
+    assert_eq!(a.trans_seq(), 0);
+    // Open the first by a change, then every commit opens the next.
+    a.put(key(2), b"2".to_vec(), 0).unwrap();
+    a.commit_and_open_next().unwrap().expect("committed");
+    for n in 3..6 {
+        let cycle = count(&mut || {
+            a.put(key(n), b"n".to_vec(), 0).unwrap();
+            a.commit_and_open_next().unwrap().expect("committed");
+        });
+        assert_eq!(cycle, 3, "a change and a commit that opens the next");
+    }
+    let open = a.trans_seq();
+    assert_ne!(open, 0, "the next transaction is open");
+    // Nothing changed: nothing to commit, the transaction stays as it is.
+    assert_eq!(
+        count(&mut || assert_eq!(a.commit_and_open_next().unwrap(), None)),
+        0
+    );
+    assert_eq!(a.trans_seq(), open);
+    // The open (empty) transaction holds the horizon below it...
+    b.put(key(100), b"b".to_vec(), 0).unwrap();
+    let b_seq = b.commit().unwrap().unwrap();
+    assert!(b_seq > open);
+    assert!(b.last_seq().unwrap() < open);
+    // ...until sync closes it: a server commit, no client write.
+    assert_eq!(count(&mut || assert_eq!(a.sync().unwrap(), Some(open))), 2);
+    assert_eq!(a.trans_seq(), 0);
+    assert!(b.last_seq().unwrap() >= b_seq);
+    // Every commit is readable by the other mount.
+    b.refresh_roots().unwrap();
+    for n in 1..6 {
+        assert!(b.get(&key(n)).unwrap().is_some(), "key {n}");
+    }
+    drop((a, b));
+    drop(server);
+    fs.assert_fsck_clean();
 }

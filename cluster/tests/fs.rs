@@ -1046,3 +1046,40 @@ fn after_a_failed_commit_every_operation_fails_and_locks_are_given_up_at_once() 
     assert_eq!(t.fs().lookup(ROOT_INO, b"lost"), Err(FsError::NotFound));
     t.fsck_clean();
 }
+
+/// A sync that goes on to the next transaction (`Fs::sync_and_continue`, a sync NFS
+/// export's commit) leaves it open and empty: it holds the stable seq below it until
+/// `Fs::sync` (the node's periodic commit) closes it. A write lock invalidated meanwhile
+/// commits nothing (nothing changed), as when no transaction was open; another sync and
+/// continue with nothing changed does nothing either.
+#[test]
+fn an_empty_next_transaction_costs_invalidations_nothing_and_sync_closes_it() {
+    use scoutgw_cluster::format::key::zone;
+    use scoutgw_cluster::format::Key;
+    use scoutgw_cluster::lock::LockMode;
+    let mut t = T::new();
+    let fs = t.fs();
+    let server = t.server.as_ref().unwrap().clone();
+    let committed = || server.with(|s| s.stable_super().seq.get());
+    let a = fs.create(ROOT_INO, b"a", &file(0o644), true).unwrap();
+    fs.sync_and_continue().unwrap();
+    let after_commit = committed();
+    let horizon = server.with(|s| s.last_seq()).unwrap();
+    fs.sync_and_continue().unwrap();
+    let k = Key::new(zone::FS, a.ino, 0, 0, 0, 0);
+    fs.invalidate_lock(&k, &k, LockMode::Write, LockMode::Null)
+        .unwrap();
+    assert_eq!(committed(), after_commit, "no server commit");
+    // The open transaction still holds the horizon; sync closes it.
+    let b = fs.create(ROOT_INO, b"b", &file(0o644), true).unwrap();
+    fs.sync_and_continue().unwrap();
+    assert!(server.with(|s| s.last_seq()).unwrap() > horizon);
+    let held = server.with(|s| s.last_seq()).unwrap();
+    server.with(|s| s.next_core_seq());
+    assert_eq!(server.with(|s| s.last_seq()).unwrap(), held, "held back");
+    fs.sync().unwrap();
+    assert!(server.with(|s| s.last_seq()).unwrap() > held, "released");
+    assert_eq!(fs.lookup(ROOT_INO, b"b").unwrap().ino, b.ino);
+    drop(server);
+    t.fsck_clean();
+}

@@ -442,6 +442,9 @@ async fn commit_periodically(
         }
         let fs = fs.clone();
         let m = metrics.clone();
+        // `Fs::sync` also closes the empty transaction a sync export's last commit opened
+        // (`Fs::sync_and_continue`): an idle mount holds back the stable seq horizon of
+        // index walks for at most one interval.
         let commit = move || {
             let start = std::time::Instant::now();
             let r = fs.sync();

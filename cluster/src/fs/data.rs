@@ -10,7 +10,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::inode::{read_inode, write_inode, Change};
 use super::types::{Attr, FileType, FsError, Time};
-use super::{Fs, Inner, SpaceUse, OP_META_BLOCKS};
+use super::{AfterCommit, Fs, Inner, SpaceUse, OP_META_BLOCKS};
 use crate::client::Client;
 use crate::format::inode::{extent_key, ExtentValue, InodeItem, EXTENT_OFFLINE};
 use crate::lock::LockMode;
@@ -431,7 +431,7 @@ impl Fs {
     /// allocator the server refilled, and try once more. The operation goes on in the new
     /// transaction (a write may then be durable in two parts, as POSIX allows).
     fn alloc_data_refilled(&self, inner: &mut Inner, want: u64) -> Result<(u64, u64), FsError> {
-        self.commit_locked(inner)?;
+        self.commit_locked(inner, AfterCommit::OpenNext)?;
         inner.client.alloc_data(want)?.ok_or(FsError::NoSpace)
     }
 

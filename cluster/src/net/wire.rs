@@ -64,12 +64,14 @@ pub mod cmd {
     pub const STATFS: u8 = 7;
     pub const FAREWELL: u8 = 8;
     pub const LOCK: u8 = 9;
+    pub const COMMIT_LOG_TREES_OPEN_NEXT: u8 = 10;
     // Response-only names (same numbers as the requests they answer).
     pub const LOG_TREES: u8 = GET_LOG_TREES;
     pub const COMMITTED: u8 = COMMIT_LOG_TREES;
     pub const ROOTS: u8 = GET_ROOTS;
     pub const LAST_SEQ: u8 = GET_LAST_SEQ;
     pub const FAREWELL_DONE: u8 = FAREWELL;
+    pub const COMMITTED_NEXT: u8 = COMMIT_LOG_TREES_OPEN_NEXT;
     // Server → client calls, and the client replies answering them.
     pub const INVALIDATE: u8 = 64;
     pub const LOCK_RECOVER: u8 = 65;
@@ -124,6 +126,8 @@ pub enum WireError {
     BadMode(u8),
     #[error("string is not UTF-8")]
     BadUtf8,
+    #[error("flag byte {0} is neither 0 nor 1")]
+    BadFlag(u8),
 }
 
 /// Why a frame could not be read from a stream.
@@ -244,6 +248,13 @@ impl Enc {
         k._pad = [0; 5];
         self.bytes(k.as_bytes());
     }
+    fn roots(&mut self, r: &Roots) {
+        self.bytes(r.fs_root.as_bytes());
+        self.bytes(r.logs_root.as_bytes());
+        self.bytes(r.srch_root.as_bytes());
+        self.u64(r.server_incarnation);
+        self.u64(r.trees_merged);
+    }
     fn lock(&mut self, l: &NetLock) {
         self.key(&l.key);
         self.u64(l.write_seq);
@@ -304,6 +315,15 @@ impl<'a> Dec<'a> {
     fn btree_root(&mut self) -> Result<BtreeRoot, WireError> {
         BtreeRoot::read_from_bytes(self.take(std::mem::size_of::<BtreeRoot>())?)
             .map_err(|_| WireError::Truncated)
+    }
+    fn roots(&mut self) -> Result<Roots, WireError> {
+        Ok(Roots {
+            fs_root: self.btree_root()?,
+            logs_root: self.btree_root()?,
+            srch_root: self.btree_root()?,
+            server_incarnation: self.u64()?,
+            trees_merged: self.u64()?,
+        })
     }
     fn log_trees(&mut self) -> Result<Box<LogTrees>, WireError> {
         LogTrees::read_from_bytes(self.take(std::mem::size_of::<LogTrees>())?)
@@ -384,6 +404,10 @@ pub fn encode_request(id: u64, req: &Request) -> Result<Vec<u8>, WireError> {
             e.bytes(lt.as_bytes());
             cmd::COMMIT_LOG_TREES
         }
+        Request::CommitLogTreesOpenNext(lt) => {
+            e.bytes(lt.as_bytes());
+            cmd::COMMIT_LOG_TREES_OPEN_NEXT
+        }
         Request::GetRoots => cmd::GET_ROOTS,
         Request::GetLastSeq => cmd::GET_LAST_SEQ,
         Request::Statfs => cmd::STATFS,
@@ -439,12 +463,19 @@ fn encode_response_body(e: &mut Enc, r: &Response) -> u8 {
             cmd::LOG_TREES
         }
         Response::Committed => cmd::COMMITTED,
+        Response::CommittedNext { next, roots } => {
+            e.roots(roots);
+            match next {
+                Some(lt) => {
+                    e.u8(1);
+                    e.bytes(lt.as_bytes());
+                }
+                None => e.u8(0),
+            }
+            cmd::COMMITTED_NEXT
+        }
         Response::Roots(r) => {
-            e.bytes(r.fs_root.as_bytes());
-            e.bytes(r.logs_root.as_bytes());
-            e.bytes(r.srch_root.as_bytes());
-            e.u64(r.server_incarnation);
-            e.u64(r.trees_merged);
+            e.roots(r);
             cmd::ROOTS
         }
         Response::LastSeq(s) => {
@@ -588,6 +619,9 @@ pub fn decode_payload(h: &Header, payload: &[u8]) -> Result<Frame, WireError> {
             cmd::ALLOC_INODES => Message::Request(Request::AllocInodes { count: d.u64()? }),
             cmd::GET_LOG_TREES => Message::Request(Request::GetLogTrees),
             cmd::COMMIT_LOG_TREES => Message::Request(Request::CommitLogTrees(d.log_trees()?)),
+            cmd::COMMIT_LOG_TREES_OPEN_NEXT => {
+                Message::Request(Request::CommitLogTreesOpenNext(d.log_trees()?))
+            }
             cmd::GET_ROOTS => Message::Request(Request::GetRoots),
             cmd::GET_LAST_SEQ => Message::Request(Request::GetLastSeq),
             cmd::STATFS => Message::Request(Request::Statfs),
@@ -614,13 +648,16 @@ pub fn decode_payload(h: &Header, payload: &[u8]) -> Result<Frame, WireError> {
             })),
             cmd::LOG_TREES => Message::Response(Ok(Response::LogTrees(d.log_trees()?))),
             cmd::COMMITTED => Message::Response(Ok(Response::Committed)),
-            cmd::ROOTS => Message::Response(Ok(Response::Roots(Roots {
-                fs_root: d.btree_root()?,
-                logs_root: d.btree_root()?,
-                srch_root: d.btree_root()?,
-                server_incarnation: d.u64()?,
-                trees_merged: d.u64()?,
-            }))),
+            cmd::COMMITTED_NEXT => {
+                let roots = d.roots()?;
+                let next = match d.u8()? {
+                    0 => None,
+                    1 => Some(d.log_trees()?),
+                    other => return Err(WireError::BadFlag(other)),
+                };
+                Message::Response(Ok(Response::CommittedNext { next, roots }))
+            }
+            cmd::ROOTS => Message::Response(Ok(Response::Roots(d.roots()?))),
             cmd::LAST_SEQ => Message::Response(Ok(Response::LastSeq(d.u64()?))),
             cmd::STATFS => Message::Response(Ok(Response::Statfs(Statfs {
                 fsid: d.u64()?,
@@ -745,6 +782,23 @@ mod tests {
             .prop_map(|(b, s, h)| BtreeRoot::new(BlockRef::new(b, s), h))
     }
 
+    fn any_roots() -> impl Strategy<Value = Roots> {
+        (
+            any_root(),
+            any_root(),
+            any_root(),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(|(a, b, c, i, m)| Roots {
+                fs_root: a,
+                logs_root: b,
+                srch_root: c,
+                server_incarnation: i,
+                trees_merged: m,
+            })
+    }
+
     fn any_request() -> impl Strategy<Value = Request> {
         prop_oneof![
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
@@ -758,6 +812,7 @@ mod tests {
             any::<u64>().prop_map(|count| Request::AllocInodes { count }),
             Just(Request::GetLogTrees),
             any_log_trees().prop_map(Request::CommitLogTrees),
+            any_log_trees().prop_map(Request::CommitLogTreesOpenNext),
             Just(Request::GetRoots),
             Just(Request::GetLastSeq),
             Just(Request::Statfs),
@@ -774,20 +829,9 @@ mod tests {
                 .prop_map(|(first, count)| Response::AllocInodes { first, count }),
             any_log_trees().prop_map(Response::LogTrees),
             Just(Response::Committed),
-            (
-                any_root(),
-                any_root(),
-                any_root(),
-                any::<u64>(),
-                any::<u64>()
-            )
-                .prop_map(|(a, b, c, i, m)| Response::Roots(Roots {
-                    fs_root: a,
-                    logs_root: b,
-                    srch_root: c,
-                    server_incarnation: i,
-                    trees_merged: m,
-                })),
+            (any_roots(), proptest::option::of(any_log_trees()))
+                .prop_map(|(roots, next)| Response::CommittedNext { next, roots }),
+            any_roots().prop_map(Response::Roots),
             any::<u64>().prop_map(Response::LastSeq),
             proptest::collection::vec(any::<u64>(), 7).prop_map(|v| Response::Statfs(Statfs {
                 fsid: v[0],
@@ -971,6 +1015,23 @@ mod tests {
             decode_payload(&h, &payload).unwrap_err(),
             WireError::Truncated
         );
+    }
+
+    #[test]
+    fn a_committed_next_answer_with_a_bad_next_flag_is_refused() {
+        let roots = Roots {
+            fs_root: BtreeRoot::default(),
+            logs_root: BtreeRoot::default(),
+            srch_root: BtreeRoot::default(),
+            server_incarnation: 1,
+            trees_merged: 2,
+        };
+        let res = Ok(Response::CommittedNext { next: None, roots });
+        let mut b = encode_response(1, &res).unwrap();
+        let flag = b.len() - 1;
+        assert_eq!(b[flag], 0);
+        b[flag] = 2;
+        assert_eq!(decode_frame(&b).unwrap_err(), WireError::BadFlag(2));
     }
 
     #[test]

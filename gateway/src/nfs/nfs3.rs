@@ -244,11 +244,13 @@ impl Nfs3 {
     }
 
     /// Make every change so far durable (COMMIT, stable WRITEs, sync exports): a commit
-    /// shared with the concurrent requests that need one too.
+    /// shared with the concurrent requests that need one too. It opens the next
+    /// transaction in the same server commit (more requests are likely coming); the node's
+    /// periodic commit closes it once the mount is idle (`Fs::sync_and_continue`).
     fn commit_all(&self) -> Result<(), FsError> {
         self.commits.commit(|| {
             let start = std::time::Instant::now();
-            let r = self.fs.sync();
+            let r = self.fs.sync_and_continue();
             self.metrics.commits.inc();
             self.metrics
                 .commit_seconds
