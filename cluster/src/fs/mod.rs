@@ -272,6 +272,11 @@ impl Fs {
         if !inner.client.has_meta_room(room)? {
             self.commit_locked(inner, AfterCommit::OpenNext)?;
             if !inner.client.has_meta_room(room)? {
+                // The next transaction opened short too, or (unchanged) was not committed
+                // at all: close it, so that the next one is opened, and refilled, now.
+                self.commit_locked(inner, AfterCommit::Close)?;
+            }
+            if !inner.client.has_meta_room(room)? {
                 // Removals give their space back only once merged: while a merge is due,
                 // wait for it (see `Fs::retry`) rather than fail at once.
                 return Err(if inner.client.merges_pending() {
