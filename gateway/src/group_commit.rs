@@ -10,7 +10,11 @@
 //! announced it with [`GroupCommit::begin_change`]) are waited for, up to
 //! [`JOIN_WAIT`]: a commit holds the mount's mutex, so changes cannot be applied while one
 //! runs, and without the wait the next commit would start the moment the previous one ended
-//! and carry only the one or two changes that got the mutex first.
+//! and carry only the one or two changes that got the mutex first. A commit about to start
+//! also waits, within the same bound, until as many callers have queued as the last commit
+//! started with: with N clients each keeping a durable request in flight, the N answered
+//! by one commit come back with their next requests, and the next commit should carry all
+//! of them rather than the first one to arrive (one caller at a time waits for nobody).
 
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +34,10 @@ struct State<E> {
     failed: std::collections::BTreeMap<u64, E>,
     /// Callers applying a change they will then make durable.
     applying: usize,
+    /// Callers waiting for the next commit to start (their target is `started + 1`).
+    queued: usize,
+    /// How many callers the last commit started with.
+    last_batch: usize,
 }
 
 impl<E> Default for State<E> {
@@ -40,6 +48,8 @@ impl<E> Default for State<E> {
             done: 0,
             failed: Default::default(),
             applying: 0,
+            queued: 0,
+            last_batch: 0,
         }
     }
 }
@@ -49,6 +59,7 @@ impl<E> Default for State<E> {
 pub struct GroupCommit<E> {
     state: Mutex<State<E>>,
     finished: Condvar,
+    join_wait: Duration,
 }
 
 impl<E: Clone> Default for GroupCommit<E> {
@@ -59,9 +70,15 @@ impl<E: Clone> Default for GroupCommit<E> {
 
 impl<E: Clone> GroupCommit<E> {
     pub fn new() -> Self {
+        Self::with_join_wait(JOIN_WAIT)
+    }
+
+    /// A group commit whose commits wait up to `join_wait` for callers to join.
+    pub fn with_join_wait(join_wait: Duration) -> Self {
         Self {
             state: Mutex::new(State::default()),
             finished: Condvar::new(),
+            join_wait,
         }
     }
 
@@ -82,6 +99,8 @@ impl<E: Clone> GroupCommit<E> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         // The first commit that can hold our change: the next one to start.
         let target = st.started + 1;
+        st.queued += 1;
+        self.finished.notify_all();
         let mut commit = Some(commit);
         loop {
             if st.done >= target {
@@ -93,9 +112,10 @@ impl<E: Clone> GroupCommit<E> {
                 };
             }
             if !st.running {
-                // Let changes being applied join this commit.
-                let deadline = Instant::now() + JOIN_WAIT;
-                while st.applying > 0 && !st.running {
+                // Let changes being applied join this commit, and as many callers as the
+                // last one served: they got their answers and are likely coming back.
+                let deadline = Instant::now() + self.join_wait;
+                while (st.applying > 0 || st.queued < st.last_batch) && !st.running {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         break;
@@ -112,6 +132,7 @@ impl<E: Clone> GroupCommit<E> {
                 }
                 st.running = true;
                 st.started += 1;
+                st.last_batch = std::mem::take(&mut st.queued);
                 let generation = st.started;
                 drop(st);
                 let run = commit.take().expect("a caller starts at most one commit");
@@ -217,6 +238,67 @@ mod tests {
             "{c} commits for {} changes",
             threads * rounds
         );
+    }
+
+    /// N callers each keeping one durable request in flight: the N a commit answered come
+    /// back one by one, and the next commit waits (within its bound) until as many have
+    /// queued, so it carries all of them instead of starting with the first.
+    #[test]
+    fn a_commit_waits_for_as_many_callers_as_the_last_one_served() {
+        let gc = Arc::new(GroupCommit::<String>::with_join_wait(Duration::from_millis(500)));
+        let commits = Arc::new(AtomicU64::new(0));
+        let count = |commits: &Arc<AtomicU64>| {
+            let commits = commits.clone();
+            move || {
+                commits.fetch_add(1, Ordering::SeqCst);
+                Ok::<(), String>(())
+            }
+        };
+        // A long commit runs while four callers queue: the next commit starts with four.
+        let (gc0, started) = (gc.clone(), Arc::new(Barrier::new(2)));
+        let started0 = started.clone();
+        let blocker = std::thread::spawn(move || {
+            gc0.commit(|| {
+                started0.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                Ok::<(), String>(())
+            })
+        });
+        started.wait();
+        let four: Vec<_> = (0..4)
+            .map(|_| {
+                let (gc, c) = (gc.clone(), count(&commits));
+                std::thread::spawn(move || gc.commit(c))
+            })
+            .collect();
+        blocker.join().unwrap().unwrap();
+        for t in four {
+            t.join().unwrap().unwrap();
+        }
+        assert_eq!(commits.load(Ordering::SeqCst), 1, "the four shared one commit");
+        // Now they come back 10 ms apart: still one commit.
+        let again: Vec<_> = (0..4u64)
+            .map(|i| {
+                let (gc, c) = (gc.clone(), count(&commits));
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(10 * i));
+                    gc.commit(c)
+                })
+            })
+            .collect();
+        for t in again {
+            t.join().unwrap().unwrap();
+        }
+        assert_eq!(
+            commits.load(Ordering::SeqCst),
+            2,
+            "callers coming back one by one joined one commit"
+        );
+        // One caller alone after that waits out the bound once, then runs at once again.
+        gc.commit(count(&commits)).unwrap();
+        let start = Instant::now();
+        gc.commit(count(&commits)).unwrap();
+        assert!(start.elapsed() < Duration::from_millis(400), "a lone caller waited");
     }
 
     /// A caller that announced a change and gave up does not hold commits back for good.
