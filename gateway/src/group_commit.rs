@@ -245,7 +245,9 @@ mod tests {
     /// queued, so it carries all of them instead of starting with the first.
     #[test]
     fn a_commit_waits_for_as_many_callers_as_the_last_one_served() {
-        let gc = Arc::new(GroupCommit::<String>::with_join_wait(Duration::from_millis(500)));
+        let gc = Arc::new(GroupCommit::<String>::with_join_wait(
+            Duration::from_millis(500),
+        ));
         let commits = Arc::new(AtomicU64::new(0));
         let count = |commits: &Arc<AtomicU64>| {
             let commits = commits.clone();
@@ -275,7 +277,11 @@ mod tests {
         for t in four {
             t.join().unwrap().unwrap();
         }
-        assert_eq!(commits.load(Ordering::SeqCst), 1, "the four shared one commit");
+        assert_eq!(
+            commits.load(Ordering::SeqCst),
+            1,
+            "the four shared one commit"
+        );
         // Now they come back 10 ms apart: still one commit.
         let again: Vec<_> = (0..4u64)
             .map(|i| {
@@ -298,7 +304,10 @@ mod tests {
         gc.commit(count(&commits)).unwrap();
         let start = Instant::now();
         gc.commit(count(&commits)).unwrap();
-        assert!(start.elapsed() < Duration::from_millis(400), "a lone caller waited");
+        assert!(
+            start.elapsed() < Duration::from_millis(400),
+            "a lone caller waited"
+        );
     }
 
     /// A caller that announced a change and gave up does not hold commits back for good.
