@@ -655,7 +655,9 @@ impl Server {
         let mut lt = match self.last_log_trees(rid)? {
             Some(lt) if !lt.is_finalized() => lt,
             Some(mut fin) => {
-                // Start the next tree; it inherits the finalized tree's allocators.
+                // Start the next tree; it inherits the finalized tree's allocators. Room
+                // first: failing after the finalized record gave them up would leak them.
+                self.ensure_server_avail(64)?;
                 let mut next = LogTrees::new_zeroed();
                 next.rid = rid.into();
                 next.nr = (fin.nr.get() + 1).into();
