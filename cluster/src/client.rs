@@ -968,6 +968,7 @@ impl Client {
         }
 
         // The bloom filter: the old bits plus the lock groups of every item written now.
+        // A commit whose lock groups are all in the filter already keeps the old block.
         if !self.items.is_empty() {
             let hdr = core::mem::size_of::<BloomBlockHeader>();
             let mut buf = BlockBuf::zeroed(BlockSize::Large.bytes());
@@ -977,26 +978,31 @@ impl Client {
                     .read_ref(KIND_BLOOM, t.lt.bloom_ref)
                     .map_err(BtreeError::from)?;
                 buf.as_mut_slice().copy_from_slice(old.data.as_slice());
-                w.alloc.free_meta(t.lt.bloom_ref.blkno.get())?;
             }
             let (head, bits) = buf.as_mut_slice().split_at_mut(hdr);
-            let mut set = BloomBlockHeader::read_from_bytes(head)
+            let old_set = BloomBlockHeader::read_from_bytes(head)
                 .expect("header size")
                 .total_set
                 .get();
+            let mut set = old_set;
             for key in self.items.keys() {
                 for b in bloom_bits(&lock_start(key)) {
                     set += set_bit(bits, b) as u64;
                 }
             }
-            let mut h = BloomBlockHeader::read_from_bytes(head).expect("header size");
-            h.total_set = set.into();
-            head.copy_from_slice(h.as_bytes());
-            let blkno = w.alloc.alloc_meta()?;
-            self.md
-                .write_block(KIND_BLOOM, blkno, seq, buf)
-                .map_err(BtreeError::from)?;
-            t.lt.bloom_ref = BlockRef::new(blkno, seq);
+            if set != old_set || t.lt.bloom_ref.is_null() {
+                let mut h = BloomBlockHeader::read_from_bytes(head).expect("header size");
+                h.total_set = set.into();
+                head.copy_from_slice(h.as_bytes());
+                if !t.lt.bloom_ref.is_null() {
+                    w.alloc.free_meta(t.lt.bloom_ref.blkno.get())?;
+                }
+                let blkno = w.alloc.alloc_meta()?;
+                self.md
+                    .write_block(KIND_BLOOM, blkno, seq, buf)
+                    .map_err(BtreeError::from)?;
+                t.lt.bloom_ref = BlockRef::new(blkno, seq);
+            }
         }
 
         t.dirty.write(&self.md, seq)?;

@@ -1121,6 +1121,42 @@ fn a_range_within_one_lock_group_skips_trees_without_that_group() {
     assert_eq!(r.range(&ka(0), &kb(u64::MAX)).unwrap().len(), 6050);
 }
 
+/// A commit whose items all fall in lock groups the log tree's bloom filter has already
+/// keeps the filter block as it is (one block write fewer per commit); a new group gets a
+/// new block with its bits, and reads inside that group still find its items.
+#[test]
+fn a_commit_in_known_lock_groups_keeps_the_bloom_block() {
+    let fs = Fs::new();
+    let server = fs.server();
+    let mut a = fs.client(&server, 1);
+    let ka = |n: u64| Key::new(zone::FS, KEY_BASE, 4, n, 0, 0);
+    let kb = |n: u64| Key::new(zone::FS, KEY_BASE + (1 << 20), 4, n, 0, 0);
+    let bloom = || {
+        server.with(|s| {
+            let lts =
+                scoutgw_cluster::server::all_log_trees(s.meta_dev(), None, &s.roots().logs_root)
+                    .unwrap();
+            let lt = lts.iter().find(|lt| lt.rid.get() == 1).expect("A's tree");
+            (lt.bloom_ref.blkno.get(), lt.bloom_ref.seq.get())
+        })
+    };
+    a.put(ka(0), b"a0".to_vec(), 0).unwrap();
+    a.commit().unwrap();
+    let first = bloom();
+    a.put(ka(1), b"a1".to_vec(), 0).unwrap();
+    a.commit().unwrap();
+    assert_eq!(bloom(), first, "same lock group: the filter block is kept");
+    a.put(kb(0), b"b0".to_vec(), 0).unwrap();
+    a.commit().unwrap();
+    assert_ne!(bloom(), first, "a new lock group: a new filter block");
+    let mut r = fs.client(&server, 2);
+    assert_eq!(r.range(&kb(0), &kb(u64::MAX)).unwrap().len(), 1);
+    assert_eq!(r.range(&ka(0), &ka(u64::MAX)).unwrap().len(), 2);
+    drop((a, r));
+    drop(server);
+    fs.assert_fsck_clean();
+}
+
 /// With a refresh interval a client that only reads samples the roots again once they are
 /// that old: it sees another client's commit (and stops reading merged trees) without a
 /// commit or an explicit refresh of its own; without one it keeps reading its snapshot.
