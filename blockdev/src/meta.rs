@@ -54,6 +54,26 @@ impl MetaDev {
         &self.dev
     }
 
+    /// Who shares this device's flushes: equal for every `MetaDev` over the same device
+    /// object in this process (a flush through any of them makes the writes of all of them
+    /// durable), and (but for a 2^-64 chance) different for any other device object, other
+    /// process or other host. Never 0. A client of a server in its own process on the same
+    /// device may leave its blocks for the server's flush (see `cluster::client`).
+    pub fn flush_domain(&self) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        // RandomState is seeded at random once per process.
+        let nonce = *PROCESS.get_or_init(|| {
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write_u64(nonce);
+        h.write_usize(Arc::as_ptr(&self.dev) as *const u8 as usize);
+        h.finish().max(1)
+    }
+
     pub fn fsid(&self) -> u64 {
         self.fsid
     }
@@ -224,6 +244,21 @@ mod tests {
         f.as_file().set_len(blocks * 65536).unwrap();
         let d = FileDevice::open(f.path(), DeviceOptions::default()).unwrap();
         (f, MetaDev::new(Arc::new(d), 0xABCD, 4 << 20))
+    }
+
+    #[test]
+    fn flush_domains_are_shared_only_through_the_same_device_object() {
+        let (f, md) = meta_dev(4);
+        let same = MetaDev::new(md.device().clone(), 0xABCD, 0);
+        assert_eq!(md.flush_domain(), same.flush_domain());
+        assert_ne!(md.flush_domain(), 0);
+        let reopened = FileDevice::open(f.path(), DeviceOptions::default()).unwrap();
+        let other = MetaDev::new(Arc::new(reopened), 0xABCD, 0);
+        assert_ne!(
+            md.flush_domain(),
+            other.flush_domain(),
+            "another open of the same file is another device object"
+        );
     }
 
     fn body(fill: u8) -> BlockBuf {

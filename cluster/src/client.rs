@@ -912,7 +912,8 @@ impl Client {
     }
 
     /// Write the open transaction durably and open the next one in the same server commit
-    /// (`CommitLogTreesOpenNext`): three device flushes and one request to the server
+    /// (`CommitLogTreesOpenNext`): three device flushes (two when the server shares this
+    /// mount's device object and flushes the blocks itself) and one request to the server
     /// instead of five flushes and three requests for a commit and the next change's
     /// `GetLogTrees`. For callers that expect more changes soon: the open transaction holds
     /// back the stable seq horizon until the next commit, so whoever uses this must also
@@ -952,7 +953,7 @@ impl Client {
         if self.items.is_empty() && t.untouched() {
             // Nothing to write: the record the server stored at open names durable blocks
             // only, and committing it as it is closes the transaction (no client flush).
-            return self.send_commit(t.lt, open_next).map(|()| seq);
+            return self.send_commit(t.lt, open_next, false).map(|()| seq);
         }
         let (bound, avail_before) = (commit_blocks(&t), t.alloc.avail.len() as u64);
         let mut root = t.lt.item_root;
@@ -1007,7 +1008,12 @@ impl Client {
 
         t.dirty.write(&self.md, seq)?;
         let (avail, freed) = t.alloc.write_lists(&self.md, seq)?;
-        self.md.flush().map_err(BtreeError::from)?;
+        // With `CommitLogTreesOpenNext` the blocks may be left to the server's flush (it
+        // flushes before its super block names them) when the server shares this device
+        // object; it says so otherwise, and they are flushed then (`send_commit`).
+        if !open_next {
+            self.md.flush().map_err(BtreeError::from)?;
+        }
         let took = avail_before.saturating_sub(t.alloc.avail.len() as u64);
         debug_assert!(
             took <= bound,
@@ -1018,15 +1024,36 @@ impl Client {
         t.lt.max_item_seq = max_seq.into();
         t.lt.meta_avail = avail;
         t.lt.meta_freed = freed;
-        self.send_commit(t.lt, open_next)?;
+        self.send_commit(t.lt, open_next, open_next)?;
         Ok(seq)
     }
 
     /// Send the written transaction's record; then the committed items are the item cache's,
     /// the roots are sampled again, and with `open_next` the next transaction is open.
-    fn send_commit(&mut self, lt: LogTrees, open_next: bool) -> Result<(), ClientError> {
+    /// `unflushed`: this transaction's blocks are written but not flushed (only with
+    /// `open_next`).
+    fn send_commit(
+        &mut self,
+        lt: LogTrees,
+        open_next: bool,
+        unflushed: bool,
+    ) -> Result<(), ClientError> {
         let (next, roots) = if open_next {
-            match self.call(Request::CommitLogTreesOpenNext(Box::new(lt)))? {
+            let request = |unflushed: u64| Request::CommitLogTreesOpenNext {
+                lt: Box::new(lt),
+                unflushed,
+            };
+            let domain = if unflushed { self.md.flush_domain() } else { 0 };
+            let answer = match self.call(request(domain)) {
+                Err(ClientError::Server(ServerError::FlushFirst)) if unflushed => {
+                    // A server in another process (or on another host, after a failover):
+                    // make the blocks durable here and send again.
+                    self.md.flush().map_err(BtreeError::from)?;
+                    self.call(request(0))?
+                }
+                other => other?,
+            };
+            match answer {
                 Response::CommittedNext { next, roots } => (next, Some(roots)),
                 other => {
                     return Err(ClientError::Protocol(format!(

@@ -36,7 +36,14 @@ pub enum Request {
     /// `CommitLogTrees`, then open the client's next transaction as `GetLogTrees` would, in
     /// the same server commit; answered by [`Response::CommittedNext`]. A resend after the
     /// server applied it (lost reply, new server) gets the same next transaction back.
-    CommitLogTreesOpenNext(Box<LogTrees>),
+    /// `unflushed` is 0 when the client flushed its blocks; otherwise it is the client's
+    /// `MetaDev::flush_domain`, and a server sharing that domain makes them durable with its
+    /// own flush before the super block; any other server answers
+    /// [`ServerError::FlushFirst`] before changing anything.
+    CommitLogTreesOpenNext {
+        lt: Box<LogTrees>,
+        unflushed: u64,
+    },
     /// The roots readers merge: the last committed fs_root and logs_root.
     GetRoots,
     /// The stable sequence horizon: no open transaction can write an item at or below it.
@@ -170,6 +177,10 @@ pub enum ServerError {
     /// This client was fenced or reclaimed by the server: it must stop using the filesystem.
     #[error("client {rid:016x} was fenced")]
     Fenced { rid: u64 },
+    /// The client left its blocks unflushed for a server that does not share its device's
+    /// flushes (another process or host, after a failover): flush them and send again.
+    #[error("the client's blocks are not durable on this server's device: flush and resend")]
+    FlushFirst,
 }
 
 /// How a client reaches the server: in process ([`crate::client::LocalServer`]) or over TCP

@@ -369,7 +369,9 @@ impl Server {
                 .get_log_trees(rid)
                 .map(|lt| Response::LogTrees(Box::new(lt))),
             Request::CommitLogTrees(lt) => self.commit_log_trees(rid, &lt),
-            Request::CommitLogTreesOpenNext(lt) => self.commit_log_trees_open_next(rid, &lt),
+            Request::CommitLogTreesOpenNext { lt, unflushed } => {
+                self.commit_log_trees_open_next(rid, &lt, unflushed)
+            }
             Request::GetRoots => Ok(Response::Roots(self.roots())),
             Request::GetLastSeq => self.last_seq().map(Response::LastSeq),
             Request::Statfs => self.statfs().map(Response::Statfs),
@@ -804,6 +806,7 @@ impl Server {
         &mut self,
         rid: u64,
         sent: &LogTrees,
+        unflushed: u64,
     ) -> Result<Response, ServerError> {
         if sent.rid.get() != rid {
             return Err(ServerError::Invalid(format!(
@@ -824,6 +827,12 @@ impl Server {
                     roots: self.roots(),
                 });
             }
+        }
+        // Blocks the client left unflushed become durable with this commit's flush before
+        // the super block only if they went through the same device object (one process);
+        // anywhere else the client flushes them first. Nothing has changed yet.
+        if unflushed != 0 && unflushed != self.md.flush_domain() {
+            return Err(ServerError::FlushFirst);
         }
         let mut changed = self.stage_commit_log_trees(rid, sent)?;
         // Room for opening the next transaction on top of what the commit took, checked

@@ -1236,7 +1236,13 @@ fn commit_open_next(
     rid: u64,
     lt: &LogTrees,
 ) -> Result<(Option<LogTrees>, Roots), ServerError> {
-    match server.call(rid, Request::CommitLogTreesOpenNext(Box::new(*lt)))? {
+    match server.call(
+        rid,
+        Request::CommitLogTreesOpenNext {
+            lt: Box::new(*lt),
+            unflushed: 0,
+        },
+    )? {
         Response::CommittedNext { next, roots } => Ok((next.map(|b| *b), roots)),
         other => panic!("{other:?}"),
     }
@@ -1381,7 +1387,9 @@ impl BlockDevice for CountFlushes {
 /// A commit that opens the next transaction costs three device flushes (the client's log
 /// tree, the server's super twice) where a commit and the next change's `GetLogTrees` cost
 /// five; the open transaction holds the stable seq back until `sync` closes it, which
-/// writes nothing on the client when it is empty.
+/// writes nothing on the client when it is empty. (Client and server here use two device
+/// objects, as two processes would: the server answers the unflushed commit with
+/// `FlushFirst` and the client flushes; see the next test for one device object.)
 #[test]
 fn a_commit_that_opens_the_next_transaction_costs_three_flushes_and_sync_closes_it() {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -1449,6 +1457,65 @@ fn a_commit_that_opens_the_next_transaction_costs_three_flushes_and_sync_closes_
         assert!(b.get(&key(n)).unwrap().is_some(), "key {n}");
     }
     drop((a, b));
+    drop(server);
+    fs.assert_fsck_clean();
+}
+
+/// A mount whose server runs in its own process on the same device object leaves its log
+/// tree blocks to the server's flush before the super block: a commit that opens the next
+/// transaction costs two device flushes. What it committed is durable: on a device that
+/// loses every write not flushed when it crashes, a new server and mount read back every
+/// commit after the crash, and fsck is clean.
+#[test]
+fn a_commit_to_a_server_on_the_same_device_object_leaves_the_flush_to_the_server() {
+    use scoutgw_blockdev::device::Faults;
+    use scoutgw_blockdev::FaultyDevice;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let fs = Fs::new();
+    let flushes = Arc::new(AtomicU64::new(0));
+    let faulty = Arc::new(FaultyDevice::new(CountFlushes {
+        dev: open(&fs.meta),
+        flushes: flushes.clone(),
+    }));
+    faulty.set_faults(Faults {
+        buffer_until_flush: true,
+        ..Faults::default()
+    });
+    let shared: Arc<dyn BlockDevice> = faulty.clone();
+    let cfg = ServerConfig {
+        client_meta_fill: 256,
+        client_meta_low: 128,
+        server_meta_low: 64,
+        server_meta_high: 512,
+        ..ServerConfig::default()
+    };
+    let server = Arc::new(LocalServer::new(Server::open(shared.clone(), cfg).unwrap()));
+    let md = Arc::new(MetaDev::new(shared, server.with(|s| s.fsid()), 16 << 20));
+    let mut a = Client::mount(md, server.clone(), 1).unwrap();
+    a.put(key(1), b"1".to_vec(), 0).unwrap();
+    a.commit_and_open_next().unwrap().expect("committed");
+    for n in 2..6 {
+        let before = flushes.load(Ordering::SeqCst);
+        a.put(key(n), vec![n as u8; 100], 0).unwrap();
+        a.commit_and_open_next().unwrap().expect("committed");
+        assert_eq!(
+            flushes.load(Ordering::SeqCst) - before,
+            2,
+            "the server's two flushes, none of the client's"
+        );
+    }
+    // A change not committed yet is lost with the crash; every commit survives it.
+    a.put(key(6), b"lost".to_vec(), 0).unwrap();
+    faulty.crash();
+    drop(a);
+    drop(server);
+    let server = fs.server();
+    let mut c = fs.client(&server, 3);
+    for n in 2..6 {
+        assert_eq!(c.get(&key(n)).unwrap(), Some(vec![n as u8; 100]), "key {n}");
+    }
+    assert_eq!(c.get(&key(6)).unwrap(), None);
+    drop(c);
     drop(server);
     fs.assert_fsck_clean();
 }

@@ -454,7 +454,8 @@ impl Fs {
     }
 
     /// [`Fs::sync`] for a caller that expects more changes soon (a sync NFS export): the
-    /// next transaction is opened in the same server commit (three device flushes and one
+    /// next transaction is opened in the same server commit (three device flushes, or two
+    /// when the server shares the mount's device object, and one
     /// request to the server instead of five and three, counting the next change's
     /// `GetLogTrees`), and stays open until the next commit. A mount that then goes idle
     /// holds back the stable seq horizon of index walks until something calls

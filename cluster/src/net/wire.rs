@@ -94,6 +94,7 @@ pub mod code {
     pub const CORRUPT: u8 = 8;
     pub const UNREACHABLE: u8 = 9;
     pub const FENCED: u8 = 10;
+    pub const FLUSH_FIRST: u8 = 11;
 }
 
 /// Bytes of one encoded [`NetLock`]: key, write_seq, old and new mode.
@@ -404,8 +405,9 @@ pub fn encode_request(id: u64, req: &Request) -> Result<Vec<u8>, WireError> {
             e.bytes(lt.as_bytes());
             cmd::COMMIT_LOG_TREES
         }
-        Request::CommitLogTreesOpenNext(lt) => {
+        Request::CommitLogTreesOpenNext { lt, unflushed } => {
             e.bytes(lt.as_bytes());
+            e.u64(*unflushed);
             cmd::COMMIT_LOG_TREES_OPEN_NEXT
         }
         Request::GetRoots => cmd::GET_ROOTS,
@@ -549,6 +551,7 @@ fn encode_error(e: &mut Enc, err: &ServerError) -> u8 {
             e.u64(*rid);
             code::FENCED
         }
+        ServerError::FlushFirst => code::FLUSH_FIRST,
     }
 }
 
@@ -619,9 +622,10 @@ pub fn decode_payload(h: &Header, payload: &[u8]) -> Result<Frame, WireError> {
             cmd::ALLOC_INODES => Message::Request(Request::AllocInodes { count: d.u64()? }),
             cmd::GET_LOG_TREES => Message::Request(Request::GetLogTrees),
             cmd::COMMIT_LOG_TREES => Message::Request(Request::CommitLogTrees(d.log_trees()?)),
-            cmd::COMMIT_LOG_TREES_OPEN_NEXT => {
-                Message::Request(Request::CommitLogTreesOpenNext(d.log_trees()?))
-            }
+            cmd::COMMIT_LOG_TREES_OPEN_NEXT => Message::Request(Request::CommitLogTreesOpenNext {
+                lt: d.log_trees()?,
+                unflushed: d.u64()?,
+            }),
             cmd::GET_ROOTS => Message::Request(Request::GetRoots),
             cmd::GET_LAST_SEQ => Message::Request(Request::GetLastSeq),
             cmd::STATFS => Message::Request(Request::Statfs),
@@ -712,6 +716,7 @@ fn decode_error(c: u8, d: &mut Dec<'_>) -> Result<ServerError, WireError> {
         code::CORRUPT => ServerError::Corrupt(d.str()?),
         code::UNREACHABLE => ServerError::Unreachable(d.str()?),
         code::FENCED => ServerError::Fenced { rid: d.u64()? },
+        code::FLUSH_FIRST => ServerError::FlushFirst,
         other => return Err(WireError::BadCode(other)),
     })
 }
@@ -812,7 +817,8 @@ mod tests {
             any::<u64>().prop_map(|count| Request::AllocInodes { count }),
             Just(Request::GetLogTrees),
             any_log_trees().prop_map(Request::CommitLogTrees),
-            any_log_trees().prop_map(Request::CommitLogTreesOpenNext),
+            (any_log_trees(), any::<u64>())
+                .prop_map(|(lt, unflushed)| Request::CommitLogTreesOpenNext { lt, unflushed }),
             Just(Request::GetRoots),
             Just(Request::GetLastSeq),
             Just(Request::Statfs),
@@ -862,6 +868,7 @@ mod tests {
             ".*".prop_map(ServerError::Corrupt),
             ".*".prop_map(ServerError::Unreachable),
             any::<u64>().prop_map(|rid| ServerError::Fenced { rid }),
+            Just(ServerError::FlushFirst),
         ]
     }
 

@@ -558,7 +558,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::AllocInodes { .. } => "alloc_inodes",
         Request::GetLogTrees => "get_log_trees",
         Request::CommitLogTrees(_) => "commit_log_trees",
-        Request::CommitLogTreesOpenNext(_) => "commit_log_trees_open_next",
+        Request::CommitLogTreesOpenNext { .. } => "commit_log_trees_open_next",
         Request::GetRoots => "get_roots",
         Request::GetLastSeq => "get_last_seq",
         Request::Statfs => "statfs",
