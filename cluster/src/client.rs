@@ -33,7 +33,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::alloc::extent;
 use crate::alloc::{ListAlloc, MetaList};
 use crate::btree::{self, BtreeError, BtreeWriter, Dirty, Item, LeafCursor, PutCost};
-use crate::format::bloom::{bloom_bits, set_bit, test_bit, BloomBlockHeader};
+use crate::format::bloom::{block_may_hold, bloom_bits, set_bit, BloomBlockHeader};
 use crate::format::btree::ITEM_FLAG_DELETION;
 use crate::format::key::zone;
 use crate::format::log_trees::LogTrees;
@@ -503,10 +503,7 @@ impl Client {
                 self.blooms[i].get_or_init(|| b)
             }
         };
-        let bits = &block.data.as_slice()[core::mem::size_of::<BloomBlockHeader>()..];
-        Ok(bloom_bits(&lock_start(key))
-            .iter()
-            .all(|b| test_bit(bits, *b)))
+        Ok(block_may_hold(block.data.as_slice(), &lock_start(key)))
     }
 
     /// The newest committed version of `key` (deletions included), ignoring open changes.

@@ -193,12 +193,10 @@ impl Unmerged {
     /// that need looking at. When the tree holding the older version is merged, the key
     /// is merged again and the tombstone looked at again.
     fn hold_older(&self, md: &MetaDev, key: &Key, seq: u64) -> Result<bool, ServerError> {
-        use crate::format::bloom::{bloom_bits, test_bit, BloomBlockHeader};
-        let bits = bloom_bits(&crate::lock_names::lock_start(key));
+        let group = crate::lock_names::lock_start(key);
         for (root, bloom) in &self.trees {
             if let Some(block) = bloom {
-                let set = &block.data.as_slice()[core::mem::size_of::<BloomBlockHeader>()..];
-                if !bits.iter().all(|b| test_bit(set, *b)) {
+                if !crate::format::bloom::block_may_hold(block.data.as_slice(), &group) {
                     continue;
                 }
             }
@@ -808,12 +806,7 @@ impl Server {
         sent: &LogTrees,
         unflushed: u64,
     ) -> Result<Response, ServerError> {
-        if sent.rid.get() != rid {
-            return Err(ServerError::Invalid(format!(
-                "client {rid:016x} committed the log trees of {:016x}",
-                sent.rid.get()
-            )));
-        }
+        check_sender(rid, sent)?;
         if let Some(last) = self.last_log_trees(rid)? {
             // Its tree may have been finalized at that commit (the next transaction is in
             // the next tree), and even merged away since.
@@ -859,12 +852,7 @@ impl Server {
     /// transaction, finalizing its tree when due. `false` when a previous copy of the
     /// request did it already (nothing changed).
     fn stage_commit_log_trees(&mut self, rid: u64, sent: &LogTrees) -> Result<bool, ServerError> {
-        if sent.rid.get() != rid {
-            return Err(ServerError::Invalid(format!(
-                "client {rid:016x} committed the log trees of {:016x}",
-                sent.rid.get()
-            )));
-        }
+        check_sender(rid, sent)?;
         let key = log_trees_key(rid, sent.nr.get());
         let Some(found) = btree::lookup(&self.md, Some(&self.dirty), &self.sb.logs_root, &key)?
         else {
@@ -1334,6 +1322,17 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// A client commits only its own log trees.
+fn check_sender(rid: u64, sent: &LogTrees) -> Result<(), ServerError> {
+    if sent.rid.get() != rid {
+        return Err(ServerError::Invalid(format!(
+            "client {rid:016x} committed the log trees of {:016x}",
+            sent.rid.get()
+        )));
+    }
+    Ok(())
 }
 
 fn item(key: Key, val: &[u8]) -> Item {

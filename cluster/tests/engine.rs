@@ -57,17 +57,8 @@ impl Fs {
     }
 
     fn server(&self) -> Arc<LocalServer> {
-        let cfg = ServerConfig {
-            client_meta_fill: 256,
-            client_meta_low: 128,
-            client_data_fill: 4096,
-            client_data_low: 1024,
-            server_meta_low: 64,
-            server_meta_high: 512,
-            ..ServerConfig::default()
-        };
         Arc::new(LocalServer::new(
-            Server::open(open(&self.meta), cfg).unwrap(),
+            Server::open(open(&self.meta), server_config()).unwrap(),
         ))
     }
 
@@ -87,6 +78,19 @@ impl Fs {
     fn assert_fsck_clean(&self) {
         let r = fsck(open(&self.meta), Some(open(&self.data))).unwrap();
         assert!(r.is_clean(), "fsck: {:#?}", r.problems);
+    }
+}
+
+/// The servers of these tests: small allocator refills, so that trees and lists change often.
+fn server_config() -> ServerConfig {
+    ServerConfig {
+        client_meta_fill: 256,
+        client_meta_low: 128,
+        client_data_fill: 4096,
+        client_data_low: 1024,
+        server_meta_low: 64,
+        server_meta_high: 512,
+        ..ServerConfig::default()
     }
 }
 
@@ -1401,13 +1405,7 @@ fn a_commit_that_opens_the_next_transaction_costs_three_flushes_and_sync_closes_
             flushes: flushes.clone(),
         })
     };
-    let cfg = ServerConfig {
-        client_meta_fill: 256,
-        client_meta_low: 128,
-        server_meta_low: 64,
-        server_meta_high: 512,
-        ..ServerConfig::default()
-    };
+    let cfg = server_config();
     let server = Arc::new(LocalServer::new(Server::open(counted(), cfg).unwrap()));
     let md = Arc::new(MetaDev::new(counted(), server.with(|s| s.fsid()), 16 << 20));
     let mut a = Client::mount(md, server.clone(), 1).unwrap();
@@ -1482,13 +1480,7 @@ fn a_commit_to_a_server_on_the_same_device_object_leaves_the_flush_to_the_server
         ..Faults::default()
     });
     let shared: Arc<dyn BlockDevice> = faulty.clone();
-    let cfg = ServerConfig {
-        client_meta_fill: 256,
-        client_meta_low: 128,
-        server_meta_low: 64,
-        server_meta_high: 512,
-        ..ServerConfig::default()
-    };
+    let cfg = server_config();
     let server = Arc::new(LocalServer::new(Server::open(shared.clone(), cfg).unwrap()));
     let md = Arc::new(MetaDev::new(shared, server.with(|s| s.fsid()), 16 << 20));
     let mut a = Client::mount(md, server.clone(), 1).unwrap();

@@ -51,6 +51,13 @@ pub fn test_bit(bits: &[u8], bit: u64) -> bool {
     bits[(bit / 8) as usize] & (1 << (bit % 8)) != 0
 }
 
+/// Whether a whole bloom block (`block`: header and bits) may hold the lock group that
+/// starts at `lock_start`.
+pub fn block_may_hold(block: &[u8], lock_start: &Key) -> bool {
+    let bits = &block[core::mem::size_of::<BloomBlockHeader>()..];
+    bloom_bits(lock_start).iter().all(|b| test_bit(bits, *b))
+}
+
 /// Set bit `bit`; true if it was clear.
 pub fn set_bit(bits: &mut [u8], bit: u64) -> bool {
     let (i, m) = ((bit / 8) as usize, 1u8 << (bit % 8));
